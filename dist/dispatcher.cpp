@@ -1,0 +1,154 @@
+#include "dist/dispatcher.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <numeric>
+#include <stdexcept>
+
+#include "core/routing.h"
+
+namespace dsk::dist {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::vector<int64_t> to_vector(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+// Rows go out with send_rows and come back with recv_rows; the gradient takes
+// the opposite route, so backward is the same exchange with the counts swapped.
+struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rows, const at::Tensor& /*anchor*/,
+                            Communicator* comm, const std::vector<int64_t>& send_rows,
+                            const std::vector<int64_t>& recv_rows) {
+    ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    ctx->saved_data["send_rows"] = send_rows;
+    ctx->saved_data["recv_rows"] = recv_rows;
+    ctx->saved_data["row_shape"] = rows.sizes().vec();
+    return comm->all_to_all_v(rows.contiguous(), send_rows, recv_rows);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* comm = reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+    const auto send_rows = ctx->saved_data["send_rows"].toIntVector();
+    const auto recv_rows = ctx->saved_data["recv_rows"].toIntVector();
+    at::Tensor grad = grads[0];
+    if (!grad.defined()) {
+      std::vector<int64_t> shape = ctx->saved_data["row_shape"].toIntVector();
+      shape[0] = std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0});
+      grad = at::zeros(shape);
+    }
+    at::Tensor grad_rows = comm->all_to_all_v(grad.contiguous(), recv_rows, send_rows);
+    return {grad_rows, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+int64_t DispatchStats::rows_sent() const {
+  return std::accumulate(rows_sent_to.begin(), rows_sent_to.end(), int64_t{0});
+}
+int64_t DispatchStats::rows_received() const {
+  return std::accumulate(rows_received_from.begin(), rows_received_from.end(), int64_t{0});
+}
+
+at::Tensor all_to_all_rows(Communicator& comm, const at::Tensor& rows, const std::vector<int64_t>& send_rows,
+                           const std::vector<int64_t>& recv_rows, const at::Tensor& graph_anchor) {
+  return AllToAllRows::apply(rows, graph_anchor, &comm, send_rows, recv_rows);
+}
+
+Dispatcher::Dispatcher(Communicator& expert_group, ExpertSharding sharding, int64_t output_dim)
+    : comm_(expert_group),
+      sharding_(std::move(sharding)),
+      output_dim_(output_dim),
+      graph_anchor_(at::zeros({0}).set_requires_grad(true)) {
+  if (sharding_.num_shards() != comm_.size()) {
+    throw std::invalid_argument("Dispatcher: sharding has " + std::to_string(sharding_.num_shards()) +
+                                " shards but the expert group has " + std::to_string(comm_.size()) + " ranks");
+  }
+}
+
+at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, const LocalExpertFn& experts,
+                               DispatchStats* stats) {
+  const int world = comm_.size();
+  const int me = comm_.rank();
+  const int64_t num_tasks = weights.size(0);
+  const int64_t batch = weights.size(1);
+  const int64_t local_experts = sharding_.num_local(me);
+  TORCH_CHECK(x.size(0) == batch, "Dispatcher: x has ", x.size(0), " rows but weights cover ", batch);
+  TORCH_CHECK(weights.size(2) == sharding_.num_experts(), "Dispatcher: weights have ", weights.size(2),
+              " experts, sharding has ", sharding_.num_experts());
+
+  const core::RoutingPlan plan = core::make_routing_plan(weights);
+
+  // Step 1: how many rows each peer will send to each of my local experts.
+  const std::vector<int64_t> experts_per_rank = sharding_.counts();
+  const std::vector<int64_t> my_experts_from_each(world, local_experts);
+  at::Tensor recv_counts =
+      comm_.all_to_all_v(plan.rows_per_expert, experts_per_rank, my_experts_from_each).view({world, local_experts});
+
+  std::vector<int64_t> send_rows(world);
+  {
+    const std::vector<int64_t> per_expert = to_vector(plan.rows_per_expert);
+    for (int r = 0; r < world; ++r) {
+      const int64_t first = sharding_.first_expert(r);
+      send_rows[r] = std::accumulate(per_expert.begin() + first,
+                                     per_expert.begin() + first + experts_per_rank[r], int64_t{0});
+    }
+  }
+  const std::vector<int64_t> recv_rows = to_vector(recv_counts.sum(1));
+  const std::vector<int64_t> rows_per_local_expert = to_vector(recv_counts.sum(0));
+
+  const bool grad_mode = at::GradMode::is_enabled();
+  const at::Tensor no_anchor = at::zeros({0});
+
+  // Step 2: rows to the owners. The anchor joins the graph only when the
+  // caller wants gradients w.r.t. x, a choice every rank makes alike.
+  at::Tensor send = x.index_select(0, plan.example_index);
+  at::Tensor received = all_to_all_rows(comm_, send, send_rows, recv_rows,
+                                        grad_mode && x.requires_grad() ? graph_anchor_ : no_anchor);
+
+  // Step 3: received rows arrive grouped by source rank, then expert; each
+  // expert runs once on its rows from all sources.
+  at::Tensor segment = at::repeat_interleave(at::arange(world * local_experts, at::kLong),
+                                             recv_counts.flatten());
+  at::Tensor expert_major_key = (segment % std::max<int64_t>(local_experts, 1)) * world +
+                                segment / std::max<int64_t>(local_experts, 1);
+  at::Tensor by_expert = std::get<1>(at::sort(expert_major_key, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  at::Tensor grouped = received.index_select(0, by_expert);
+
+  std::vector<at::Tensor> outputs;
+  int64_t offset = 0;
+  for (int64_t j = 0; j < local_experts; ++j) {
+    const int64_t rows = rows_per_local_expert[j];
+    if (rows == 0) continue;
+    outputs.push_back(experts(j, grouped.narrow(0, offset, rows)));
+    offset += rows;
+  }
+  at::Tensor grouped_out = outputs.empty() ? at::zeros({0, output_dim_}, weights.options())
+                                           : (outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0));
+  at::Tensor inverse = at::empty_like(by_expert);
+  inverse.index_put_({by_expert}, at::arange(by_expert.numel(), at::kLong));
+  at::Tensor expert_out = grouped_out.index_select(0, inverse);
+
+  // Step 4: outputs back to the senders, in the order of the plan.
+  at::Tensor returned = all_to_all_rows(comm_, expert_out, recv_rows, send_rows,
+                                        grad_mode ? graph_anchor_ : no_anchor);
+
+  at::Tensor pair_weights = weights.index({at::indexing::Slice(), plan.example_index, plan.expert_index});
+  at::Tensor weighted = pair_weights.unsqueeze(-1) * returned.unsqueeze(0);  // [T, P, D]
+  at::Tensor combined = at::zeros({num_tasks, batch, output_dim_}, weighted.options())
+                            .index_add(1, plan.example_index, weighted);
+
+  if (stats) {
+    stats->rows_sent_to = send_rows;
+    stats->rows_received_from = recv_rows;
+    stats->rows_per_local_expert = rows_per_local_expert;
+  }
+  return combined;
+}
+
+}  // namespace dsk::dist

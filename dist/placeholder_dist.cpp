@@ -1,2 +1,0 @@
-// keeps dsk_dist non-empty
-namespace dsk::dist { int placeholder_dist = 0; }
