@@ -1,0 +1,29 @@
+#include "core/data/dataset.h"
+
+#include <string>
+
+#include "core/data/fashion_mnist.h"
+#include "core/data/synthetic.h"
+#include "core/error.h"
+// core/CMakeLists.txt passes -I core before -I . to protoc, so today the
+// header lands at <build>/proto/; accept both until that is settled.
+#if __has_include("core/proto/config.pb.h")
+#include "core/proto/config.pb.h"
+#else
+#include "proto/config.pb.h"
+#endif
+
+namespace dsk::core {
+
+DataSplits load_data(const proto::DataConfig& config) {
+  switch (config.type()) {
+    case proto::DataConfig::MULTI_FASHION_MNIST:
+      return load_multi_fashion_mnist(config);
+    case proto::DataConfig::SYNTHETIC:
+      return make_synthetic(config.synthetic(), config.seed());
+  }
+  throw UsageError("config: data.type = " + std::to_string(static_cast<int>(config.type())) +
+                   " is not a known data set");
+}
+
+}  // namespace dsk::core
