@@ -289,6 +289,14 @@ TEST(FashionMnistErrors, TruncatedPixels) {
                      {path, "truncated: header promises 60000 images of 28x28, file holds 1234 bytes"});
 }
 
+TEST(FashionMnistErrors, TruncatedGzipStream) {
+  TempDir dir("gzip_cut");
+  const std::string path = dir.file("train-images-idx3-ubyte.gz");
+  write_gz(path, idx_images(0x803, 50, 28, 28, 50 * 784));
+  fs::resize_file(path, fs::file_size(path) / 2);  // a download cut short
+  expect_usage_error([&] { read_fashion_mnist(dir.str(), true); }, {path, "truncated"});
+}
+
 TEST(FashionMnistErrors, TruncatedHeader) {
   TempDir dir("header");
   const std::string path = dir.file("train-images-idx3-ubyte.gz");
