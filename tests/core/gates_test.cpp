@@ -186,6 +186,15 @@ TEST(GateGolden, MatchesReferenceVectors) {
       at::Tensor g = name == "x" ? grad_or_zeros(x) : grad_or_zeros(param(*gate, name))[0];
       expect_matches(g, expected, tol, "grad " + name);
     }
+    // float32, the training default: same parameters, about 1e-5.
+    {
+      auto g32 = make_gate(gate_config(type, k, per_example, gamma), GateShape{1, n, p}, 5);
+      at::NoGradGuard no_grad;
+      for (const auto& nt : g32->parameters()) nt.tensor.copy_(param(*gate, nt.name));
+      at::Tensor w32 = g32->forward(x.detach().to(at::kFloat), false).weights[0];
+      EXPECT_EQ(w32.scalar_type(), at::kFloat);
+      expect_matches(per_example ? w32 : w32[0], ex.at("weights"), 1e-5, "float32 weights");
+    }
     if (failed_parts() == failures_before) ++passed;
   }
   std::printf("%d cases passed (of %zu in %s)\n", passed, files.size(), dir.c_str());
