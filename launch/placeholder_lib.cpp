@@ -1,2 +1,0 @@
-// Keeps dsk_launch_lib non-empty until the trainer lands.
-namespace dsk::launch { int placeholder_lib = 0; }

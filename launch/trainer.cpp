@@ -1,0 +1,224 @@
+#include "launch/trainer.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "core/adam.h"
+#include "core/data/sampler.h"
+#include "dist/grad_sync.h"
+#include "dist/topology.h"
+#include "launch/metrics.h"
+#include "models/mmoe.h"
+
+namespace dsk::launch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<double> to_doubles(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+std::vector<int64_t> to_longs(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+std::string format_duration(double seconds) {
+  char text[32];
+  const int s = static_cast<int>(seconds + 0.5);
+  if (s >= 3600) std::snprintf(text, sizeof(text), "%dh%02dm", s / 3600, (s / 60) % 60);
+  else std::snprintf(text, sizeof(text), "%dm%02ds", s / 60, s % 60);
+  return text;
+}
+
+std::string format_list(const std::vector<double>& values, const char* format) {
+  std::string out = "[";
+  char text[32];
+  for (size_t i = 0; i < values.size(); ++i) {
+    std::snprintf(text, sizeof(text), format, values[i]);
+    out += (i ? ", " : "") + std::string(text);
+  }
+  return out + "]";
+}
+
+std::string format_list(const std::vector<int64_t>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
+// Every rank takes ceil(local/eval_batch) batches of the same global count,
+// so the expert group's all-to-alls pair up even where slices differ by one.
+EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t eval_batch,
+                    dist::Communicator& world) {
+  at::NoGradGuard no_grad;
+  const int64_t num_tasks = test.num_tasks();
+  const auto [first, count] = core::rank_slice(test.size(), world.rank(), world.size());
+  const int64_t longest_slice = (test.size() + world.size() - 1) / world.size();
+  const int64_t batches = (longest_slice + eval_batch - 1) / eval_batch;
+  // [loss sums (T), correct counts (T)] in double so sums are exact enough.
+  at::Tensor totals = at::zeros({2 * num_tasks}, at::kDouble);
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t begin = std::min(count, b * eval_batch);
+    const int64_t rows = std::min(count, begin + eval_batch) - begin;
+    at::Tensor x = test.inputs.narrow(0, first + begin, rows);
+    at::Tensor y = test.targets.narrow(0, first + begin, rows);
+    auto out = model.forward(x, /*training=*/false);
+    totals.narrow(0, 0, num_tasks).add_(models::task_loss_sums(out.predictions, y, test.kind).to(at::kDouble));
+    if (test.kind == core::TaskKind::kClassification) {
+      totals.narrow(0, num_tasks, num_tasks).add_(models::task_correct_counts(out.predictions, y).to(at::kDouble));
+    }
+  }
+  world.all_reduce(totals, dist::ReduceOp::kSum);
+  EvalResult result;
+  result.examples = test.size();
+  const std::vector<double> sums = to_doubles(totals);
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    result.task_losses.push_back(sums[t] / static_cast<double>(test.size()));
+    if (test.kind == core::TaskKind::kClassification) {
+      result.task_accuracy.push_back(sums[num_tasks + t] / static_cast<double>(test.size()));
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+TrainResult train(const proto::Config& config, const core::DataSplits& data, dist::Communicator& world,
+                  const TrainOptions& options) {
+  const auto& tc = config.trainer();
+  const bool leader = world.rank() == 0;
+  const int64_t global_batch = tc.global_batch_size();
+  const int64_t num_tasks = data.train.num_tasks();
+
+  dist::Topology topology = dist::make_topology(world, config.parallel().expert_parallel_size());
+  models::MmoeModel model(config.model(), models::model_shape_of(data.train), tc.seed(), *topology.expert_group);
+
+  const core::NamedTensors replicated = model.replicated_parameters();
+  const core::NamedTensors experts = model.expert_parameters();
+  core::NamedTensors all_params = replicated;
+  all_params.insert(all_params.end(), experts.begin(), experts.end());
+  core::Adam adam(all_params, core::AdamOptions{tc.learning_rate(), tc.adam_beta1(), tc.adam_beta2(), tc.adam_eps()});
+  dist::GradientBucket replicated_sync(replicated, world);
+  dist::GradientBucket expert_sync(experts, *topology.replica_group);
+
+  MetricsLog metrics(leader ? options.out_dir : std::string());
+  std::vector<int64_t> owned = {model.first_local_expert(),
+                                model.first_local_expert() + static_cast<int64_t>(model.sharding().num_local(topology.expert_rank()))};
+  at::Tensor all_owned = world.all_gather(at::tensor(owned, at::kLong));
+  if (leader && options.progress) {
+    std::printf("dsk: world %d = %d expert-parallel x %d replicas; %lld experts\n", world.size(),
+                topology.expert_parallel_size, topology.data_parallel_size,
+                static_cast<long long>(config.model().num_experts()));
+    for (int r = 0; r < world.size(); ++r) {
+      const int64_t lo = all_owned[r][0].item<int64_t>(), hi = all_owned[r][1].item<int64_t>();
+      std::printf("dsk: rank %d (expert rank %d, replica %d) owns %s\n", r, r % topology.expert_parallel_size,
+                  r / topology.expert_parallel_size,
+                  hi == lo ? "no experts"
+                           : (hi - lo == 1 ? ("expert " + std::to_string(lo)).c_str()
+                                           : ("experts " + std::to_string(lo) + "-" + std::to_string(hi - 1)).c_str()));
+    }
+    std::printf("dsk: %lld train / %lld test examples, %lld tasks, global batch %lld, %lld steps\n",
+                static_cast<long long>(data.train.size()), static_cast<long long>(data.test.size()),
+                static_cast<long long>(num_tasks), static_cast<long long>(global_batch),
+                static_cast<long long>(tc.steps()));
+    std::fflush(stdout);
+  }
+
+  core::EpochSampler sampler(data.train.size(), tc.seed());
+  const auto [slice_first, slice_rows] = core::rank_slice(global_batch, world.rank(), world.size());
+  TrainResult result;
+  const auto start = Clock::now();
+  auto last_log = start;
+  int64_t last_log_step = 0;
+
+  for (int64_t step = 1; step <= tc.steps(); ++step) {
+    const int64_t cursor = (step - 1) * global_batch;
+    at::Tensor rows = sampler.indices(cursor + slice_first, slice_rows);
+    at::Tensor x = data.train.inputs.index_select(0, rows);
+    at::Tensor y = data.train.targets.index_select(0, rows);
+
+    auto out = model.forward(x, /*training=*/true);
+    at::Tensor task_sums = models::task_loss_sums(out.predictions, y, data.train.kind);
+    at::Tensor reg = models::regularizer_share(out.gate, config.model().gate(), slice_rows, global_batch);
+    at::Tensor loss = task_sums.sum() / static_cast<double>(global_batch) + reg;
+
+    adam.zero_grad();
+    loss.backward();
+    replicated_sync.all_reduce_sum();
+    expert_sync.all_reduce_sum();
+    adam.step();
+
+    const bool log_now = step % tc.log_every() == 0 || step == tc.steps() || step == 1;
+    // The loss of every step is reduced: it is one tiny message and makes
+    // the whole-run loss curve comparable across layouts.
+    at::Tensor summary = at::cat({task_sums.detach().to(at::kDouble), reg.detach().to(at::kDouble).reshape({1})});
+    world.all_reduce(summary, dist::ReduceOp::kSum);
+    const std::vector<double> s = to_doubles(summary);
+    std::vector<double> task_losses(s.begin(), s.begin() + num_tasks);
+    double total = s[num_tasks];
+    for (double& v : task_losses) {
+      v /= static_cast<double>(global_batch);
+      total += v;
+    }
+    result.step_losses.push_back(total);
+
+    if (log_now) {
+      at::Tensor routed = world.all_gather(
+          at::tensor(std::vector<int64_t>{out.dispatch.rows_sent(), out.dispatch.rows_received()}, at::kLong));
+      const auto now = Clock::now();
+      const double elapsed = std::chrono::duration<double>(now - last_log).count();
+      const double examples_per_s =
+          elapsed > 0 ? static_cast<double>((step - last_log_step) * global_batch) / elapsed : 0.0;
+      const double so_far = std::chrono::duration<double>(now - start).count();
+      const double eta = so_far / static_cast<double>(step) * static_cast<double>(tc.steps() - step);
+      last_log = now;
+      last_log_step = step;
+      if (leader) {
+        const std::vector<int64_t> sent = to_longs(routed.select(1, 0));
+        const std::vector<int64_t> received = to_longs(routed.select(1, 1));
+        if (options.progress) {
+          std::printf("step %lld/%lld  loss %.4f  tasks %s  %.0f ex/s  rows sent/rank %s  ETA %s\n",
+                      static_cast<long long>(step), static_cast<long long>(tc.steps()), total,
+                      format_list(task_losses, "%.4f").c_str(), examples_per_s, format_list(sent).c_str(),
+                      format_duration(eta).c_str());
+          std::fflush(stdout);
+        }
+        metrics.write(JsonObject()
+                          .add("step", step)
+                          .add("loss", total)
+                          .add("task_losses", task_losses)
+                          .add("lr", adam.learning_rate())
+                          .add("examples_per_s", examples_per_s)
+                          .add("rows_sent", sent)
+                          .add("rows_received", received));
+      }
+    }
+
+    const bool eval_now = (tc.eval_every() > 0 && step % tc.eval_every() == 0) || step == tc.steps();
+    if (eval_now) {
+      EvalResult eval = evaluate(model, data.test, tc.eval_batch_size(), world);
+      if (leader) {
+        JsonObject record;
+        record.add("step", step).add("split", std::string("test"));
+        if (!eval.task_accuracy.empty()) record.add("task_accuracy", eval.task_accuracy);
+        record.add("task_losses", eval.task_losses).add("examples", eval.examples);
+        metrics.write(record);
+        if (options.progress) {
+          std::printf("eval step %lld: test task_losses %s", static_cast<long long>(step),
+                      format_list(eval.task_losses, "%.4f").c_str());
+          if (!eval.task_accuracy.empty()) std::printf("  task_accuracy %s", format_list(eval.task_accuracy, "%.4f").c_str());
+          std::printf("  (%lld examples)\n", static_cast<long long>(eval.examples));
+          std::fflush(stdout);
+        }
+      }
+      if (step == tc.steps()) result.final_eval = eval;
+    }
+  }
+  result.steps = tc.steps();
+  return result;
+}
+
+}  // namespace dsk::launch
