@@ -30,4 +30,21 @@ class GradientBucket {
   at::Tensor flat_;
 };
 
+// The two buckets of an MoE model: replicated parameters over the world,
+// expert parameters over their replica group.
+class GradientSync {
+ public:
+  GradientSync(core::NamedTensors replicated, Communicator& world, core::NamedTensors experts,
+               Communicator& replica_group)
+      : replicated_(std::move(replicated), world), experts_(std::move(experts), replica_group) {}
+  void all_reduce_sum() {
+    replicated_.all_reduce_sum();
+    experts_.all_reduce_sum();
+  }
+
+ private:
+  GradientBucket replicated_;
+  GradientBucket experts_;
+};
+
 }  // namespace dsk::dist

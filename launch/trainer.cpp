@@ -86,6 +86,19 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
 
 }  // namespace
 
+StepOutput compute_gradients(models::MmoeModel& model, const proto::GateConfig& gate, const at::Tensor& x,
+                             const at::Tensor& y, core::TaskKind kind, int64_t global_batch,
+                             dist::GradientSync& sync) {
+  StepOutput step;
+  step.forward = model.forward(x, /*training=*/true);
+  step.task_loss_sums = models::task_loss_sums(step.forward.predictions, y, kind);
+  step.regularizer = models::regularizer_share(step.forward.gate, gate, x.size(0), global_batch);
+  at::Tensor loss = step.task_loss_sums.sum() / static_cast<double>(global_batch) + step.regularizer;
+  loss.backward();
+  sync.all_reduce_sum();
+  return step;
+}
+
 TrainResult train(const proto::Config& config, const core::DataSplits& data, dist::Communicator& world,
                   const TrainOptions& options) {
   const auto& tc = config.trainer();
@@ -101,8 +114,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
   core::NamedTensors all_params = replicated;
   all_params.insert(all_params.end(), experts.begin(), experts.end());
   core::Adam adam(all_params, core::AdamOptions{tc.learning_rate(), tc.adam_beta1(), tc.adam_beta2(), tc.adam_eps()});
-  dist::GradientBucket replicated_sync(replicated, world);
-  dist::GradientBucket expert_sync(experts, *topology.replica_group);
+  dist::GradientSync sync(replicated, world, experts, *topology.replica_group);
 
   MetricsLog metrics(leader ? options.out_dir : std::string());
   std::vector<int64_t> owned = {model.first_local_expert(),
@@ -140,16 +152,12 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     at::Tensor x = data.train.inputs.index_select(0, rows);
     at::Tensor y = data.train.targets.index_select(0, rows);
 
-    auto out = model.forward(x, /*training=*/true);
-    at::Tensor task_sums = models::task_loss_sums(out.predictions, y, data.train.kind);
-    at::Tensor reg = models::regularizer_share(out.gate, config.model().gate(), slice_rows, global_batch);
-    at::Tensor loss = task_sums.sum() / static_cast<double>(global_batch) + reg;
-
     adam.zero_grad();
-    loss.backward();
-    replicated_sync.all_reduce_sum();
-    expert_sync.all_reduce_sum();
+    StepOutput step_out = compute_gradients(model, config.model().gate(), x, y, data.train.kind, global_batch, sync);
     adam.step();
+    const at::Tensor& task_sums = step_out.task_loss_sums;
+    const at::Tensor& reg = step_out.regularizer;
+    const auto& out = step_out.forward;
 
     const bool log_now = step % tc.log_every() == 0 || step == tc.steps() || step == 1;
     // The loss of every step is reduced: it is one tiny message and makes

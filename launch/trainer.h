@@ -8,6 +8,8 @@
 #include "core/data/dataset.h"
 #include "core/proto/config.pb.h"
 #include "dist/communicator.h"
+#include "dist/grad_sync.h"
+#include "models/mmoe.h"
 
 namespace dsk::launch {
 
@@ -27,6 +29,20 @@ struct TrainOptions {
   std::string out_dir;  // metrics.jsonl goes here (rank 0); empty = none
   bool progress = true; // rank-0 progress lines on stdout
 };
+
+struct StepOutput {
+  at::Tensor task_loss_sums;  // [T], this rank's rows
+  at::Tensor regularizer;     // this rank's share of the regularizer term
+  models::MmoeModel::Output forward;
+};
+
+// Forward, backward and gradient sync of one step on this rank's rows
+// (x, y) of a global batch of `global_batch` rows; no optimizer update.
+// Afterwards every parameter's .grad() is the gradient of the one-process
+// loss on the whole global batch (docs/architecture.md). Collective.
+StepOutput compute_gradients(models::MmoeModel& model, const proto::GateConfig& gate, const at::Tensor& x,
+                             const at::Tensor& y, core::TaskKind kind, int64_t global_batch,
+                             dist::GradientSync& sync);
 
 // Trains on `data` as the config says, over `world`, and evaluates on the
 // test split at the end (and every trainer.eval_every steps). Collective:

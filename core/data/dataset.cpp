@@ -7,11 +7,7 @@
 #include "core/error.h"
 // core/CMakeLists.txt passes -I core before -I . to protoc, so today the
 // header lands at <build>/proto/; accept both until that is settled.
-#if __has_include("core/proto/config.pb.h")
 #include "core/proto/config.pb.h"
-#else
-#include "proto/config.pb.h"
-#endif
 
 namespace dsk::core {
 

@@ -12,11 +12,7 @@
 #include "core/gates/smooth_step.h"
 // The generated header's path depends on how protobuf_generate resolves the
 // .proto's directory; accept both layouts.
-#if __has_include("core/proto/config.pb.h")
 #include "core/proto/config.pb.h"
-#else
-#include "proto/config.pb.h"
-#endif
 
 namespace dsk::core {
 

@@ -13,11 +13,7 @@
 #include "core/data/fashion_mnist.h"
 #include "core/data/synthetic.h"
 #include "core/error.h"
-#if __has_include("core/proto/config.pb.h")
 #include "core/proto/config.pb.h"
-#else
-#include "proto/config.pb.h"
-#endif
 
 namespace dsk::core {
 namespace {

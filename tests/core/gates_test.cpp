@@ -16,11 +16,7 @@
 #include "core/gates/gate.h"
 #include "core/gates/gates_impl.h"
 #include "core/gates/smooth_step.h"
-#if __has_include("core/proto/config.pb.h")
 #include "core/proto/config.pb.h"
-#else
-#include "proto/config.pb.h"
-#endif
 
 namespace dsk::core {
 namespace {
