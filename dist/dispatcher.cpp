@@ -2,6 +2,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cmath>
 #include <numeric>
 #include <stdexcept>
 
@@ -28,6 +29,7 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
     ctx->saved_data["send_rows"] = send_rows;
     ctx->saved_data["recv_rows"] = recv_rows;
     ctx->saved_data["row_shape"] = rows.sizes().vec();
+    ctx->saved_data["dtype"] = static_cast<int64_t>(rows.scalar_type());
     return comm->all_to_all_v(rows.contiguous(), send_rows, recv_rows);
   }
 
@@ -39,7 +41,7 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
     if (!grad.defined()) {
       std::vector<int64_t> shape = ctx->saved_data["row_shape"].toIntVector();
       shape[0] = std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0});
-      grad = at::zeros(shape);
+      grad = at::zeros(shape, static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()));
     }
     at::Tensor grad_rows = comm->all_to_all_v(grad.contiguous(), recv_rows, send_rows);
     return {grad_rows, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -60,14 +62,39 @@ at::Tensor all_to_all_rows(Communicator& comm, const at::Tensor& rows, const std
   return AllToAllRows::apply(rows, graph_anchor, &comm, send_rows, recv_rows);
 }
 
-Dispatcher::Dispatcher(Communicator& expert_group, ExpertSharding sharding, int64_t output_dim)
+Dispatcher::Dispatcher(Communicator& expert_group, ExpertSharding sharding, int64_t output_dim,
+                       double capacity_factor, int64_t k)
     : comm_(expert_group),
       sharding_(std::move(sharding)),
       output_dim_(output_dim),
+      capacity_factor_(capacity_factor),
+      k_(k),
       graph_anchor_(at::zeros({0}).set_requires_grad(true)) {
   if (sharding_.num_shards() != comm_.size()) {
     throw std::invalid_argument("Dispatcher: sharding has " + std::to_string(sharding_.num_shards()) +
                                 " shards but the expert group has " + std::to_string(comm_.size()) + " ranks");
+  }
+}
+
+void Dispatcher::verify_counts(const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows) {
+  const int world = comm_.size();
+  const int me = comm_.rank();
+  // pairs[0][s][d]: rows s will send to d; pairs[1][s][d]: rows d expects from s.
+  at::Tensor pairs = at::zeros({2, world, world}, at::kLong);
+  auto cell = pairs.accessor<int64_t, 3>();
+  for (int r = 0; r < world; ++r) {
+    cell[0][me][r] = send_rows[r];
+    cell[1][r][me] = recv_rows[r];
+  }
+  comm_.all_reduce(pairs, ReduceOp::kSum);
+  at::Tensor mismatch = (pairs[0] != pairs[1]).nonzero();
+  if (mismatch.size(0) > 0) {
+    const int64_t s = mismatch[0][0].item<int64_t>(), d = mismatch[0][1].item<int64_t>();
+    throw std::runtime_error("dispatcher: row counts disagree on communicator '" + comm_.name() + "': rank " +
+                             std::to_string(s) + " sends " + std::to_string(pairs[0][s][d].item<int64_t>()) +
+                             " rows to rank " + std::to_string(d) + ", which was told to expect " +
+                             std::to_string(pairs[1][s][d].item<int64_t>()) + " (" +
+                             std::to_string(mismatch.size(0)) + " pair(s) disagree)");
   }
 }
 
@@ -87,8 +114,10 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
   // Step 1: how many rows each peer will send to each of my local experts.
   const std::vector<int64_t> experts_per_rank = sharding_.counts();
   const std::vector<int64_t> my_experts_from_each(world, local_experts);
+  at::Tensor announced = plan.rows_per_expert.clone();
+  announce_hook(announced);
   at::Tensor recv_counts =
-      comm_.all_to_all_v(plan.rows_per_expert, experts_per_rank, my_experts_from_each).view({world, local_experts});
+      comm_.all_to_all_v(announced, experts_per_rank, my_experts_from_each).view({world, local_experts});
 
   std::vector<int64_t> send_rows(world);
   {
@@ -101,6 +130,18 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
   }
   const std::vector<int64_t> recv_rows = to_vector(recv_counts.sum(1));
   const std::vector<int64_t> rows_per_local_expert = to_vector(recv_counts.sum(0));
+  verify_counts(send_rows, recv_rows);
+
+  // Capacity counts the expert group's examples, so with D = 1 it is the
+  // same in every layout; rows beyond it are the last in global order
+  // (sources arrive in rank order, each rank's slice in example order).
+  int64_t capacity = -1;
+  if (capacity_factor_ > 0) {
+    at::Tensor group_batch = at::tensor({batch}, at::kLong);
+    comm_.all_reduce(group_batch, ReduceOp::kSum);
+    capacity = static_cast<int64_t>(std::ceil(capacity_factor_ * static_cast<double>(group_batch.item<int64_t>()) *
+                                              static_cast<double>(k_) / static_cast<double>(sharding_.num_experts())));
+  }
 
   const bool grad_mode = at::GradMode::is_enabled();
   const at::Tensor no_anchor = at::zeros({0});
@@ -122,10 +163,15 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
 
   std::vector<at::Tensor> outputs;
   int64_t offset = 0;
+  int64_t dropped = 0;
   for (int64_t j = 0; j < local_experts; ++j) {
     const int64_t rows = rows_per_local_expert[j];
-    if (rows == 0) continue;
-    outputs.push_back(experts(j, grouped.narrow(0, offset, rows)));
+    const int64_t kept = capacity < 0 ? rows : std::min(rows, capacity);
+    if (kept > 0) outputs.push_back(experts(j, grouped.narrow(0, offset, kept)));
+    if (kept < rows) {
+      outputs.push_back(at::zeros({rows - kept, output_dim_}, weights.options()));
+      dropped += rows - kept;
+    }
     offset += rows;
   }
   at::Tensor grouped_out = outputs.empty() ? at::zeros({0, output_dim_}, weights.options())
@@ -147,6 +193,8 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
     stats->rows_sent_to = send_rows;
     stats->rows_received_from = recv_rows;
     stats->rows_per_local_expert = rows_per_local_expert;
+    stats->rows_per_expert = plan.rows_per_expert;
+    stats->dropped_rows = dropped;
   }
   return combined;
 }

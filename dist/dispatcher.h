@@ -28,14 +28,21 @@ using LocalExpertFn = std::function<at::Tensor(int64_t local_index, const at::Te
 struct DispatchStats {
   std::vector<int64_t> rows_sent_to;        // per rank of the expert group
   std::vector<int64_t> rows_received_from;  // per rank of the expert group
-  std::vector<int64_t> rows_per_local_expert;
+  std::vector<int64_t> rows_per_local_expert;  // received, before capacity
+  // [n] int64: pairs this rank routed to each expert (before capacity).
+  at::Tensor rows_per_expert;
+  int64_t dropped_rows = 0;  // received rows beyond an expert's capacity
   int64_t rows_sent() const;
   int64_t rows_received() const;
 };
 
 class Dispatcher {
  public:
-  Dispatcher(Communicator& expert_group, ExpertSharding sharding, int64_t output_dim);
+  // capacity_factor 0: dropless. Otherwise each expert runs on at most
+  // ceil(capacity_factor * group_batch * k / n) rows (see config.proto).
+  Dispatcher(Communicator& expert_group, ExpertSharding sharding, int64_t output_dim,
+             double capacity_factor = 0.0, int64_t k = 1);
+  virtual ~Dispatcher() = default;
 
   // x: [B, ...] this rank's examples; weights: [T, B, n]. Returns [T, B, D]:
   // out[t, b] = sum over e with weights[t, b, e] != 0 of weights[t, b, e] * f_e(x[b]).
@@ -44,10 +51,22 @@ class Dispatcher {
 
   const ExpertSharding& sharding() const { return sharding_; }
 
+ protected:
+  // Fault-injection seam for tests: may alter the counts this rank announces
+  // to its peers ([n] rows per expert) after the rows were planned.
+  virtual void announce_hook(at::Tensor& /*announced_rows_per_expert*/) {}
+
  private:
+  // Every (sender, receiver) pair's announced count must equal what the
+  // sender will send; checked with one small all-reduce so a mismatch ends
+  // every rank with the same error instead of a truncated or hung exchange.
+  void verify_counts(const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows);
+
   Communicator& comm_;
   ExpertSharding sharding_;
   int64_t output_dim_;
+  double capacity_factor_;
+  int64_t k_;
   // Zero-element leaf that requires grad: keeps both exchanges in the
   // backward graph on every rank, even one that ran no expert (otherwise
   // that rank would skip the collective and its peers would wait forever).

@@ -5,8 +5,6 @@
 #include "core/data/fashion_mnist.h"
 #include "core/data/synthetic.h"
 #include "core/error.h"
-// core/CMakeLists.txt passes -I core before -I . to protoc, so today the
-// header lands at <build>/proto/; accept both until that is settled.
 #include "core/proto/config.pb.h"
 
 namespace dsk::core {
