@@ -13,6 +13,7 @@
 #include "core/data/dataset.h"
 #include "core/error.h"
 #include "dist/mpi/mpi_communicator.h"
+#include "launch/bench.h"
 #include "launch/config.h"
 #include "launch/env.h"
 #include "launch/trainer.h"
@@ -140,6 +141,7 @@ int main(int argc, char** argv) {
   const dsk::launch::LaunchEnv env = dsk::launch::detect_launch_env();
   const std::string command = argv[1];
   if (command == "train") return run_train(argc, argv, env);
+  if (command == "bench") return dsk::launch::run_bench(argc, argv);
   std::fprintf(stderr, "dsk: error: unknown command '%s' (see dsk --help)\n", command.c_str());
   return 2;
 }

@@ -88,11 +88,11 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
 
 StepOutput compute_gradients(models::MmoeModel& model, const proto::GateConfig& gate, const at::Tensor& x,
                              const at::Tensor& y, core::TaskKind kind, int64_t global_batch,
-                             dist::GradientSync& sync) {
+                             dist::GradientSync& sync, int64_t train_step) {
   StepOutput step;
   step.forward = model.forward(x, /*training=*/true);
   step.task_loss_sums = models::task_loss_sums(step.forward.predictions, y, kind);
-  step.regularizer = models::regularizer_share(step.forward.gate, gate, x.size(0), global_batch);
+  step.regularizer = models::regularizer_share(step.forward.gate, gate, x.size(0), global_batch, train_step);
   at::Tensor loss = step.task_loss_sums.sum() / static_cast<double>(global_batch) + step.regularizer;
   loss.backward();
   sync.all_reduce_sum();
@@ -153,7 +153,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     at::Tensor y = data.train.targets.index_select(0, rows);
 
     adam.zero_grad();
-    StepOutput step_out = compute_gradients(model, config.model().gate(), x, y, data.train.kind, global_batch, sync);
+    StepOutput step_out = compute_gradients(model, config.model().gate(), x, y, data.train.kind, global_batch, sync, step);
     adam.step();
     const at::Tensor& task_sums = step_out.task_loss_sums;
     const at::Tensor& reg = step_out.regularizer;

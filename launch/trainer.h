@@ -40,9 +40,10 @@ struct StepOutput {
 // (x, y) of a global batch of `global_batch` rows; no optimizer update.
 // Afterwards every parameter's .grad() is the gradient of the one-process
 // loss on the whole global batch (docs/architecture.md). Collective.
+// `train_step` (1-based) sets the entropy-regularizer schedule.
 StepOutput compute_gradients(models::MmoeModel& model, const proto::GateConfig& gate, const at::Tensor& x,
                              const at::Tensor& y, core::TaskKind kind, int64_t global_batch,
-                             dist::GradientSync& sync);
+                             dist::GradientSync& sync, int64_t train_step = 1);
 
 // Trains on `data` as the config says, over `world`, and evaluates on the
 // test split at the end (and every trainer.eval_every steps). Collective:

@@ -1,6 +1,7 @@
 #include "models/mmoe.h"
 
 #include "core/error.h"
+#include "core/gates/regularizers.h"
 #include "core/proto/config.pb.h"
 
 namespace dsk::models {
@@ -116,12 +117,22 @@ at::Tensor task_correct_counts(const at::Tensor& predictions, const at::Tensor& 
 }
 
 at::Tensor regularizer_share(const core::GateOutput& gate, const proto::GateConfig& config, int64_t local_batch,
-                             int64_t global_batch) {
+                             int64_t global_batch, int64_t step) {
   at::Tensor term = gate.nonpow2_penalty_sum;
-  if (config.entropy_reg() != 0.0) term = term + config.entropy_reg() * gate.entropy_sum;
-  const double share = gate.per_example ? 1.0 / static_cast<double>(global_batch)
-                                        : static_cast<double>(local_batch) / static_cast<double>(global_batch);
-  return term * share;
+  const double entropy_coef = core::entropy_coefficient(config, step);
+  if (entropy_coef != 0.0) term = term + entropy_coef * gate.entropy_sum;
+  const double batch_share = static_cast<double>(local_batch) / static_cast<double>(global_batch);
+  double share = batch_share;
+  if (gate.per_example) {
+    share = config.regularizer_reduction() == proto::GateConfig::SUM ? 1.0
+                                                                    : 1.0 / static_cast<double>(global_batch);
+  }
+  at::Tensor result = term * share;
+  if (config.load_balance() != proto::GateConfig::NONE && gate.load_balance_loss.defined() &&
+      config.load_balance_coef() != 0.0) {
+    result = result + (config.load_balance_coef() * batch_share) * gate.load_balance_loss;
+  }
+  return result;
 }
 
 }  // namespace dsk::models

@@ -68,11 +68,21 @@ at::Tensor task_loss_sums(const at::Tensor& predictions, const at::Tensor& targe
 // [T] int64: correctly classified examples per task.
 at::Tensor task_correct_counts(const at::Tensor& predictions, const at::Tensor& targets);
 
-// The gate's regularizers as this rank's share of the training loss:
-// entropy_reg * entropy + non-power-of-two penalty, averaged over the global
-// batch (per-example gates) or counted by this rank's share of the batch
-// (static gates), so the shares of all ranks add up to the one-process term.
+// The gate's regularizers as this rank's share of the training loss at
+// training step `step` (1-based; it sets the entropy schedule,
+// core::entropy_coefficient):
+//   entropy_coefficient(config, step) * entropy + non-power-of-two penalty,
+//   per-example gates: averaged over the global batch (regularizer_reduction
+//     = MEAN, the default: term / global_batch) or summed over it (SUM, the
+//     authors' reference: the local sum as is);
+//   static gates: the term once per step, counted by this rank's share
+//     local_batch / global_batch (MEAN and SUM agree);
+// so the shares of all ranks add up to the one-process term. Plus, for
+// Top-k with load balancing, load_balance_coef * the load-balancing loss of
+// this rank's local batch * local_batch / global_batch: per-rank local (as
+// Switch/DeepSpeed per device), equal to the one-process loss only in a
+// world of one (docs/gates.md).
 at::Tensor regularizer_share(const core::GateOutput& gate, const proto::GateConfig& config, int64_t local_batch,
-                             int64_t global_batch);
+                             int64_t global_batch, int64_t step);
 
 }  // namespace dsk::models

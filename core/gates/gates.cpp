@@ -9,9 +9,8 @@
 #include "core/error.h"
 #include "core/gates/gate.h"
 #include "core/gates/gates_impl.h"
+#include "core/gates/regularizers.h"
 #include "core/gates/smooth_step.h"
-// The generated header's path depends on how protobuf_generate resolves the
-// .proto's directory; accept both layouts.
 #include "core/proto/config.pb.h"
 
 namespace dsk::core {
@@ -94,8 +93,7 @@ DSelectKGate::DSelectKGate(const GateShape& shape, int64_t k, double gamma, bool
       num_bits_(dselect_k_num_bits(shape.num_experts)),
       gamma_(gamma),
       per_example_(per_example),
-      dtype_(dtype),
-      codes_(dselect_k_codes(shape.num_experts)) {
+      dtype_(dtype) {
   TORCH_CHECK(num_tasks_ >= 1 && num_experts_ >= 1 && k_ >= 1 && gamma_ > 0,
               "DSelectKGate: invalid shape or options");
   const int64_t T = num_tasks_, m = num_bits_, p = input_dim_;
@@ -149,14 +147,21 @@ GateOutput DSelectKGate::forward(const at::Tensor& x, bool /*training*/) {
     selectors = at::ones(sel_shape, mix.options());
     weights = mix.sum(-1, /*keepdim=*/true) * 0.0 + 1.0;
   } else {
-    at::Tensor s = smooth_step(z, gamma_).unsqueeze(-2);  // [..., k, 1, m]
-    // Per-bit factor of each reachable code: [..., k, n, m].
-    at::Tensor factors = at::where(codes_.to(s.device()), s, 1.0 - s);
-    // A product over the m bits as a chain of multiplies: unlike prod(),
-    // its backward is exact when a factor is exactly 0 and needs no
-    // data-dependent branch.
-    selectors = factors.select(-1, 0);
-    for (int64_t j = 1; j < m; ++j) selectors = selectors * factors.select(-1, j);
+    // Built bit by bit, MSB first: after bit j the last dim indexes the code
+    // prefixes, r_new[2*c + b] = r[c] * (b ? S(z_j) : 1 - S(z_j)), keeping
+    // only the prefixes of reachable codes. The product is the same chain of
+    // multiplies in the same order as prod_j (exact zeros stay exact, the
+    // backward needs no data-dependent branch), at about 2n instead of n*m
+    // elements per selector.
+    at::Tensor s = smooth_step(z, gamma_);  // [..., k, m]
+    for (int64_t j = 0; j < m; ++j) {
+      at::Tensor sj = s.select(-1, j).unsqueeze(-1);  // [..., k, 1]
+      selectors = j == 0 ? at::cat({1.0 - sj, sj}, -1)
+                         : at::stack({selectors * (1.0 - sj), selectors * sj}, -1).flatten(-2);
+      const int64_t span = int64_t{1} << (m - 1 - j);  // codes per prefix
+      const int64_t reachable = (n + span - 1) / span;
+      if (reachable < selectors.size(-1)) selectors = selectors.narrow(-1, 0, reachable);
+    }
     weights = (mix.unsqueeze(-1) * selectors).sum(-2);
   }
 
@@ -173,64 +178,133 @@ GateOutput DSelectKGate::forward(const at::Tensor& x, bool /*training*/) {
     out.nonpow2_penalty_sum =
         at::reciprocal(at::where(reachable < kPenaltyFloor, floor, reachable)).sum();
   }
+  out.load_balance_loss = at::zeros({}, weights.options());
   return out;
 }
 
 // ------------------------------------------------------------ Top-k, softmax
 
 LogitsGate::LogitsGate(const GateShape& shape, int64_t top_k, bool per_example, uint64_t seed,
-                       at::ScalarType dtype)
+                       at::ScalarType dtype, bool noisy, LoadBalance balance)
     : num_tasks_(shape.num_tasks),
       num_experts_(shape.num_experts),
       input_dim_(shape.input_dim),
       top_k_(top_k),
       per_example_(per_example),
-      dtype_(dtype) {
+      dtype_(dtype),
+      noisy_(noisy),
+      balance_(balance),
+      noise_gen_(make_generator(seed, "gate.noise")) {
   TORCH_CHECK(num_tasks_ >= 1 && num_experts_ >= 1 && top_k_ >= 0 && top_k_ <= num_experts_,
               "LogitsGate: invalid shape or options");
+  TORCH_CHECK(top_k_ > 0 || (!noisy_ && balance_ == LoadBalance::kNone),
+              "LogitsGate: noise and load balancing are for Top-k only");
   const int64_t T = num_tasks_, n = num_experts_, p = input_dim_;
+  auto zeros = [&](at::IntArrayRef sizes) {
+    return at::zeros(sizes, at::TensorOptions().dtype(dtype_)).requires_grad_(true);
+  };
   if (per_example_) {
     TORCH_CHECK(p >= 1, "LogitsGate: input_dim must be >= 1");
     // The bound of a default Linear(p, n): weight and bias U(-1/sqrt(p), 1/sqrt(p)).
     const double bound = 1.0 / std::sqrt(static_cast<double>(p));
     weight_ = init_parameter(seed, "weight", {T, n, p}, bound, dtype_);
     bias_ = init_parameter(seed, "bias", {T, n}, bound, dtype_);
+    if (noisy_) {
+      // Shazeer et al. 2017: W_noise starts at 0 (noise scale softplus(0)).
+      noise_weight_ = zeros({T, n, p});
+      noise_bias_ = zeros({T, n});
+    }
   } else {
     // Small and random rather than 0, so Top-k starts without ties.
     logits_ = init_parameter(seed, "logits", {T, n}, 0.05, dtype_);
+    if (noisy_) noise_logits_ = zeros({T, n});
   }
 }
 
+void LogitsGate::set_noise_seed(uint64_t seed) { noise_gen_ = make_generator(seed, "gate.noise"); }
+
 NamedTensors LogitsGate::parameters() const {
-  if (per_example_) return {{"weight", weight_}, {"bias", bias_}};
-  return {{"logits", logits_}};
+  NamedTensors params;
+  if (per_example_) {
+    params = {{"weight", weight_}, {"bias", bias_}};
+    if (noisy_) {
+      params.push_back({"noise_weight", noise_weight_});
+      params.push_back({"noise_bias", noise_bias_});
+    }
+  } else {
+    params = {{"logits", logits_}};
+    if (noisy_) params.push_back({"noise_logits", noise_logits_});
+  }
+  return params;
 }
 
-GateOutput LogitsGate::forward(const at::Tensor& x, bool /*training*/) {
+namespace {
+// Standard normal CDF.
+at::Tensor normal_cdf(const at::Tensor& v) { return 0.5 * (1.0 + at::erf(v * M_SQRT1_2)); }
+}  // namespace
+
+GateOutput LogitsGate::forward(const at::Tensor& x, bool training) {
   const int64_t T = num_tasks_, n = num_experts_;
-  at::Tensor logits;
+  const bool add_noise = noisy_ && training;
+  const bool balance = balance_ != LoadBalance::kNone;
+  at::Tensor clean, raw_noise;
   int64_t batch = 1;
   if (per_example_) {
     at::Tensor xd = to_gate_dtype(x, input_dim_, dtype_);
     batch = xd.size(0);
-    logits = batched_linear(xd, weight_, bias_);  // [T, B, n]
+    clean = batched_linear(xd, weight_, bias_);  // [T, B, n]
+    if (add_noise) raw_noise = batched_linear(xd, noise_weight_, noise_bias_);
   } else {
     batch = batch_of(x);
-    logits = logits_;  // [T, n]
+    clean = logits_;  // [T, n]
+    if (add_noise) raw_noise = noise_logits_.unsqueeze(1);
+    // Per-example noise (and per-batch balance sums) need a row per example.
+    if (add_noise || balance) clean = clean.unsqueeze(1).expand({T, batch, n});
+  }
+  at::Tensor logits = clean, noise_std;
+  if (add_noise) {
+    noise_std = at::softplus(raw_noise) + 1e-2;
+    at::Tensor eps = at::randn({T, batch, n}, noise_gen_, at::TensorOptions().dtype(dtype_));
+    logits = clean + eps.to(clean.device()) * noise_std;
   }
   at::Tensor weights;
+  at::Tensor kept;  // top-(k+1) logits, sorted, when the load estimator needs them
   if (top_k_ == 0 || top_k_ == n) {
     weights = at::softmax(logits, -1);
   } else {
     auto [values, indices] = at::topk(logits, top_k_, -1, /*largest=*/true, /*sorted=*/false);
     // Scattered into zeros: the dropped experts are exactly 0.0.
     weights = at::zeros_like(logits).scatter(-1, indices, at::softmax(values, -1));
+    if (add_noise && balance) kept = std::get<0>(at::topk(logits, top_k_ + 1, -1, true, true));
   }
   GateOutput out;
   out.per_example = per_example_;
-  out.weights = per_example_ ? weights : weights.unsqueeze(1).expand({T, batch, n});
+  out.weights = weights.dim() == 3 ? weights : weights.unsqueeze(1).expand({T, batch, n});
   out.entropy_sum = at::zeros({}, weights.options());
   out.nonpow2_penalty_sum = at::zeros({}, weights.options());
+  if (!balance) {
+    out.load_balance_loss = at::zeros({}, weights.options());
+    return out;
+  }
+  auto& sums = out.balance;
+  sums.examples = batch;
+  sums.importance = weights.sum(1);  // [T, n]
+  sums.routed_count = weights.detach().ne(0).sum(1);
+  sums.prob_sum = at::softmax(logits, -1).sum(1);
+  if (kept.defined()) {
+    // Shazeer et al. 2017, eq. 8-9: P(x, i) = Phi((clean_i - kth_excluding_i)
+    // / noise_std_i), the k-th largest noisy logit other than i: the
+    // (k+1)-th if i is in the top k, else the k-th.
+    at::Tensor if_in = kept.select(-1, top_k_).unsqueeze(-1);
+    at::Tensor if_out = kept.select(-1, top_k_ - 1).unsqueeze(-1);
+    at::Tensor is_in = logits > if_in;
+    at::Tensor prob = at::where(is_in, normal_cdf((clean - if_in) / noise_std),
+                                normal_cdf((clean - if_out) / noise_std));
+    sums.load = prob.sum(1);
+  } else {
+    sums.load = sums.routed_count.to(weights.scalar_type());
+  }
+  out.load_balance_loss = load_balance_loss(sums, balance_);
   return out;
 }
 
@@ -262,6 +336,21 @@ std::unique_ptr<Gate> make_gate(const proto::GateConfig& config, const GateShape
       config_error("model.gate.k", config.k(), what.str());
     }
   }
+  if (dtype != at::kFloat && dtype != at::kDouble)
+    throw UsageError(std::string("make_gate: the gate runs in float32 or float64, not ") +
+                     c10::toString(dtype));
+  if (config.type() != proto::GateConfig::TOP_K) {
+    if (config.noisy())
+      throw UsageError("config: model.gate.noisy = true needs model.gate.type = TOP_K");
+    if (config.load_balance() != proto::GateConfig::NONE)
+      throw UsageError("config: model.gate.load_balance = " +
+                       proto::GateConfig::LoadBalance_Name(config.load_balance()) +
+                       " needs model.gate.type = TOP_K");
+  }
+  if (config.load_balance() != proto::GateConfig::NONE && !(config.load_balance_coef() >= 0))
+    config_error("model.gate.load_balance_coef", config.load_balance_coef(), "must be >= 0");
+  if (config.entropy_schedule() != proto::GateConfig::CONSTANT && config.entropy_schedule_steps() < 1)
+    config_error("model.gate.entropy_schedule_steps", config.entropy_schedule_steps(), "must be >= 1");
   switch (config.type()) {
     case proto::GateConfig::DSELECT_K:
       // !(x > 0) also rejects NaN.
@@ -271,7 +360,8 @@ std::unique_ptr<Gate> make_gate(const proto::GateConfig& config, const GateShape
       return std::make_unique<DSelectKGate>(shape, config.k(), config.gamma(),
                                             config.per_example(), seed, dtype);
     case proto::GateConfig::TOP_K:
-      return std::make_unique<TopKGate>(shape, config.k(), config.per_example(), seed, dtype);
+      return std::make_unique<TopKGate>(shape, config.k(), config.per_example(), seed, dtype,
+                                        config.noisy(), load_balance_of(config));
     case proto::GateConfig::SOFTMAX:
       return std::make_unique<SoftmaxGate>(shape, config.per_example(), seed, dtype);
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/gates/gate.h"
+#include "core/gates/regularizers.h"
 
 namespace dsk::core {
 
@@ -44,25 +45,31 @@ class DSelectKGate : public Gate {
   double gamma_;
   bool per_example_;
   at::ScalarType dtype_;
-  at::Tensor codes_;  // [n, m] bool
   at::Tensor z_weight_, z_bias_, alpha_weight_, alpha_bias_;  // per-example
   at::Tensor z_, alpha_;                                       // static
 };
 
 // Softmax over logits, either all of them (SoftmaxGate, dense MMoE) or only the
 // k largest per (task, example) with the rest exactly 0 (TopKGate, Shazeer et
-// al. 2017, without the noise term). Parameters:
+// al. 2017). Parameters:
 //   per-example: weight [T, n, p], bias [T, n]  (logits = x weight[t]^T + bias[t])
 //   static:      logits [T, n]
+// Noisy Top-k adds, in training only, standard-normal noise times
+// softplus(raw) + 1e-2 to the logits before the top-k (tensor2tensor's
+// noise_epsilon), raw = x noise_weight[t]^T + noise_bias[t]
+// (noise_weight [T, n, p], noise_bias [T, n], initialised to 0 as in the
+// paper) or, static, a trainable noise_logits [T, n] (init 0).
 class LogitsGate : public Gate {
  public:
   // top_k = 0: dense softmax.
   LogitsGate(const GateShape& shape, int64_t top_k, bool per_example, uint64_t seed,
-             at::ScalarType dtype);
+             at::ScalarType dtype, bool noisy = false, LoadBalance balance = LoadBalance::kNone);
   GateOutput forward(const at::Tensor& x, bool training) override;
   NamedTensors parameters() const override;
   int64_t num_tasks() const override { return num_tasks_; }
   int64_t num_experts() const override { return num_experts_; }
+  void set_noise_seed(uint64_t seed) override;
+  bool noisy() const { return noisy_; }
 
  private:
   int64_t num_tasks_;
@@ -71,15 +78,20 @@ class LogitsGate : public Gate {
   int64_t top_k_;
   bool per_example_;
   at::ScalarType dtype_;
-  at::Tensor weight_, bias_;  // per-example
-  at::Tensor logits_;         // static
+  bool noisy_;
+  LoadBalance balance_;
+  at::Generator noise_gen_;
+  at::Tensor weight_, bias_;              // per-example
+  at::Tensor logits_;                     // static
+  at::Tensor noise_weight_, noise_bias_;  // noisy, per-example
+  at::Tensor noise_logits_;               // noisy, static
 };
 
 class TopKGate : public LogitsGate {
  public:
   TopKGate(const GateShape& shape, int64_t k, bool per_example, uint64_t seed,
-           at::ScalarType dtype)
-      : LogitsGate(shape, k, per_example, seed, dtype) {}
+           at::ScalarType dtype, bool noisy = false, LoadBalance balance = LoadBalance::kNone)
+      : LogitsGate(shape, k, per_example, seed, dtype, noisy, balance) {}
 };
 
 class SoftmaxGate : public LogitsGate {
