@@ -117,6 +117,7 @@ void validate_config(const proto::Config& config, const std::string& origin) {
     fail("model.gate.k = " + std::to_string(g.k()) + " must be in [1, model.num_experts = " +
          std::to_string(m.num_experts()) + "]");
   }
+  if (!(m.capacity_factor() >= 0)) fail("model.capacity_factor must be >= 0 (0 = dropless)");
   if (!(g.gamma() > 0)) fail("model.gate.gamma must be > 0");
   if (g.entropy_reg() < 0) fail("model.gate.entropy_reg must be >= 0");
 

@@ -17,6 +17,7 @@
 #include "launch/config.h"
 #include "launch/env.h"
 #include "launch/trainer.h"
+#include "models/mmoe.h"
 
 namespace {
 
@@ -28,6 +29,8 @@ constexpr const char* kUsage =
     "  --out DIR          run directory: metrics.jsonl, config.pbtxt (rank 0)\n"
     "\n"
     "Run under mpirun/srun for several ranks; run directly for a world of one.\n";
+
+struct HelpRequested {};
 
 struct TrainArgs {
   std::string config_path;
@@ -43,6 +46,7 @@ TrainArgs parse_train_args(int argc, char** argv) {
       if (i + 1 >= argc) throw dsk::UsageError("dsk train: " + flag + " needs a value");
       return argv[++i];
     };
+    if (flag == "--help" || flag == "-h") throw HelpRequested();
     if (flag == "--config") args.config_path = value();
     else if (flag == "--set") args.overrides.push_back(value());
     else if (flag == "--out") args.out_dir = value();
@@ -79,12 +83,21 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
   dsk::core::DataSplits data;
   TrainArgs args;
 
-  if (env.under_launcher()) mpi.emplace(&argc, &argv);
   try {
     args = parse_train_args(argc, argv);
-    config = dsk::launch::load_config(args.config_path, args.overrides);
+  } catch (const HelpRequested&) {
+    std::fputs(kUsage, stdout);
+    return 0;
   } catch (const dsk::UsageError& e) {
     failure = {2, e.what()};
+  }
+  if (env.under_launcher()) mpi.emplace(&argc, &argv);
+  if (failure.code == 0) {
+    try {
+      config = dsk::launch::load_config(args.config_path, args.overrides);
+    } catch (const dsk::UsageError& e) {
+      failure = {2, e.what()};
+    }
   }
   const double timeout_s = failure.code == 0 ? config.parallel().collective_timeout_s() : 300.0;
   world = mpi ? mpi->world(timeout_s) : dsk::dist::make_local_communicator();
@@ -93,6 +106,13 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
     try {
       at::set_num_threads(env.threads_per_rank(config.trainer().threads_per_rank()));
       data = dsk::core::load_data(config.data());
+      dsk::models::validate_model_config(config.model(), dsk::models::model_shape_of(data.train));
+      const int experts_parallel = config.parallel().expert_parallel_size();
+      if (experts_parallel > world->size() || (experts_parallel > 0 && world->size() % experts_parallel != 0)) {
+        throw dsk::UsageError(args.config_path + ": parallel.expert_parallel_size = " +
+                              std::to_string(experts_parallel) + " must divide the world size " +
+                              std::to_string(world->size()) + " (0 = all ranks)");
+      }
       if (!args.out_dir.empty() && world->rank() == 0) {
         std::error_code ec;
         std::filesystem::create_directories(args.out_dir, ec);
@@ -116,9 +136,8 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
     options.out_dir = args.out_dir;
     dsk::launch::train(config, data, *world, options);
   } catch (const dsk::UsageError& e) {
-    // Raised during model construction (same on every rank) before any
-    // exchange of rows: still safe to end this rank alone with code 2 only
-    // in a world of one; with peers, end the job so none waits.
+    // Setup validated the config against the data and the world, so this
+    // is unexpected; peers may be inside a collective: end the whole job.
     std::fprintf(stderr, "dsk: error: %s\n", e.what());
     if (mpi && world->size() > 1) dsk::dist::MpiRuntime::abort_job(2);
     return 2;

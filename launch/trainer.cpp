@@ -223,6 +223,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
         }
       }
       if (step == tc.steps()) result.final_eval = eval;
+      last_log = Clock::now();  // examples/s measures training only
     }
   }
   result.steps = tc.steps();

@@ -48,6 +48,11 @@ int64_t flat_dim(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
+void validate_model_config(const proto::ModelConfig& config, const ModelShape& shape) {
+  expert_spec(config, shape);
+  tower_hidden(config);
+}
+
 ModelShape model_shape_of(const core::Dataset& data) {
   ModelShape shape;
   shape.num_tasks = data.num_tasks();
@@ -63,7 +68,7 @@ MmoeModel::MmoeModel(const proto::ModelConfig& config, const ModelShape& shape, 
                             core::GateShape{shape.num_tasks, config.num_experts(), flat_dim(shape.input_shape)},
                             seed)),
       dispatcher_(expert_group, dist::ExpertSharding(config.num_experts(), expert_group.size()),
-                  expert_spec(config, shape).hidden.back()),
+                  expert_spec(config, shape).hidden.back(), config.capacity_factor(), config.gate().k()),
       towers_(shape.num_tasks, expert_spec(config, shape).hidden.back(), tower_hidden(config), shape.output_dim,
               seed) {
   const core::ExpertSpec spec = expert_spec(config, shape);

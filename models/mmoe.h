@@ -32,6 +32,10 @@ struct ModelShape {
 
 ModelShape model_shape_of(const core::Dataset& data);
 
+// Checks the model config against the data's shape (CNN experts need
+// images, widths >= 1). Throws UsageError naming the field.
+void validate_model_config(const proto::ModelConfig& config, const ModelShape& shape);
+
 class MmoeModel {
  public:
   // Parameters are initialised from (seed, global name): identical on every
