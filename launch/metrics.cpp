@@ -59,6 +59,18 @@ JsonObject& JsonObject::add(const std::string& k, const std::vector<int64_t>& va
   return *this;
 }
 
+JsonObject& JsonObject::add(const std::string& k, const std::vector<std::vector<double>>& rows) {
+  key(k);
+  body_ += "[";
+  for (size_t r = 0; r < rows.size(); ++r) {
+    body_ += r ? ", [" : "[";
+    for (size_t i = 0; i < rows[r].size(); ++i) body_ += (i ? ", " : "") + json_number(rows[r][i]);
+    body_ += "]";
+  }
+  body_ += "]";
+  return *this;
+}
+
 MetricsLog::MetricsLog(const std::string& dir) {
   if (dir.empty()) return;
   std::error_code ec;

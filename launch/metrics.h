@@ -17,6 +17,7 @@ class JsonObject {
   JsonObject& add(const std::string& key, const std::string& value);
   JsonObject& add(const std::string& key, const std::vector<double>& values);
   JsonObject& add(const std::string& key, const std::vector<int64_t>& values);
+  JsonObject& add(const std::string& key, const std::vector<std::vector<double>>& rows);
   std::string str() const { return "{" + body_ + "}"; }
 
  private:

@@ -5,6 +5,7 @@
 
 #include "core/adam.h"
 #include "core/data/sampler.h"
+#include "core/gates/gate_stats.h"
 #include "dist/grad_sync.h"
 #include "dist/topology.h"
 #include "launch/metrics.h"
@@ -82,6 +83,55 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
     }
   }
   return result;
+}
+
+struct RoutingSummary {
+  std::vector<double> tokens_per_expert;  // pairs routed to each expert, whole global batch
+  double imbalance = 0;                    // max / mean of tokens_per_expert
+  int64_t dropped_rows = 0;
+  std::vector<double> nonzero_experts;    // per task, mean over the global batch
+  std::vector<double> binary_fraction;    // per task; NaN (null) for gates without selectors
+  std::vector<std::vector<double>> expert_share;  // [T][n]
+};
+
+// Gate and routing statistics of one step over the global batch: each
+// rank's figures are weighted by its rows and summed in one all-reduce.
+RoutingSummary summarize_routing(const models::MmoeModel::Output& out, int64_t local_rows, int64_t global_batch,
+                                 dist::Communicator& world) {
+  at::NoGradGuard no_grad;
+  const core::GateStats stats = core::gate_statistics(out.gate);
+  const at::Tensor weights = out.gate.weights.detach().to(at::kDouble);  // [T, B, n]
+  const int64_t tasks = weights.size(0), n = weights.size(2);
+  const double rows = static_cast<double>(local_rows);
+  at::Tensor packet = at::cat({
+      (rows > 0 ? stats.mean_nonzero_experts * rows : at::zeros({tasks}, at::kDouble)),
+      (rows > 0 ? stats.binary_selector_fraction * rows : at::zeros({tasks}, at::kDouble)),
+      weights.sum(1).flatten(),
+      out.dispatch.rows_per_expert.to(at::kDouble),
+      at::tensor({static_cast<double>(out.dispatch.dropped_rows)}, at::kDouble)});
+  world.all_reduce(packet, dist::ReduceOp::kSum);
+  RoutingSummary summary;
+  const std::vector<double> v = to_doubles(packet);
+  const double gb = static_cast<double>(global_batch);
+  for (int64_t t = 0; t < tasks; ++t) {
+    summary.nonzero_experts.push_back(v[t] / gb);
+    summary.binary_fraction.push_back(v[tasks + t] / gb);
+    std::vector<double> share(v.begin() + 2 * tasks + t * n, v.begin() + 2 * tasks + (t + 1) * n);
+    double total = 0;
+    for (double s : share) total += s;
+    for (double& s : share) s = total > 0 ? s / total : 0.0;
+    summary.expert_share.push_back(share);
+  }
+  const int64_t tokens_at = 2 * tasks + tasks * n;
+  summary.tokens_per_expert.assign(v.begin() + tokens_at, v.begin() + tokens_at + n);
+  double max_tokens = 0, sum_tokens = 0;
+  for (double t : summary.tokens_per_expert) {
+    max_tokens = std::max(max_tokens, t);
+    sum_tokens += t;
+  }
+  summary.imbalance = sum_tokens > 0 ? max_tokens / (sum_tokens / static_cast<double>(n)) : 0.0;
+  summary.dropped_rows = static_cast<int64_t>(v[tokens_at + n]);
+  return summary;
 }
 
 }  // namespace
@@ -176,6 +226,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     if (log_now) {
       at::Tensor routed = world.all_gather(
           at::tensor(std::vector<int64_t>{out.dispatch.rows_sent(), out.dispatch.rows_received()}, at::kLong));
+      const RoutingSummary routing = summarize_routing(out, slice_rows, global_batch, world);
       const auto now = Clock::now();
       const double elapsed = std::chrono::duration<double>(now - last_log).count();
       const double examples_per_s =
@@ -201,7 +252,13 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
                           .add("lr", adam.learning_rate())
                           .add("examples_per_s", examples_per_s)
                           .add("rows_sent", sent)
-                          .add("rows_received", received));
+                          .add("rows_received", received)
+                          .add("tokens_per_expert", routing.tokens_per_expert)
+                          .add("expert_imbalance", routing.imbalance)
+                          .add("dropped_rows", routing.dropped_rows)
+                          .add("gate_nonzero_experts", routing.nonzero_experts)
+                          .add("gate_binary_fraction", routing.binary_fraction)
+                          .add("gate_expert_share", routing.expert_share));
       }
     }
 
