@@ -1,6 +1,7 @@
 #pragma once
 // Everything dsk reads from the process environment, read once here
 // (STYLE.md: only launch/ reads the environment).
+#include <cstdint>
 #include <string>
 
 namespace dsk::launch {
@@ -14,6 +15,11 @@ struct LaunchEnv {
   // CPUs this process may run on (affinity mask), and on the node.
   int cpus_allowed = 1;
   int cpus_on_node = 1;
+
+  // Test hook (DSK_TEST_STALL_RANK, DSK_TEST_STALL_STEP): that world rank
+  // stops answering at that step, as a hung peer would. -1 = off.
+  int test_stall_rank = -1;
+  int64_t test_stall_step = -1;
 
   bool under_launcher() const { return !launcher.empty(); }
   // Intra-op threads so that ranks x threads never exceed the node's cores.

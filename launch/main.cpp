@@ -134,6 +134,8 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
   try {
     dsk::launch::TrainOptions options;
     options.out_dir = args.out_dir;
+    options.stall_rank = env.test_stall_rank;
+    options.stall_step = env.test_stall_step;
     dsk::launch::train(config, data, *world, options);
   } catch (const dsk::UsageError& e) {
     // Setup validated the config against the data and the world, so this

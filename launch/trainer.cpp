@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "core/adam.h"
 #include "core/data/sampler.h"
@@ -197,6 +198,9 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
   int64_t last_log_step = 0;
 
   for (int64_t step = 1; step <= tc.steps(); ++step) {
+    if (step == options.stall_step && world.rank() == options.stall_rank) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
     const int64_t cursor = (step - 1) * global_batch;
     at::Tensor rows = sampler.indices(cursor + slice_first, slice_rows);
     at::Tensor x = data.train.inputs.index_select(0, rows);

@@ -28,6 +28,10 @@ struct TrainResult {
 struct TrainOptions {
   std::string out_dir;  // metrics.jsonl goes here (rank 0); empty = none
   bool progress = true; // rank-0 progress lines on stdout
+  // Test hook: world rank `stall_rank` sleeps forever at step `stall_step`
+  // instead of entering its collectives (see LaunchEnv). -1 = off.
+  int stall_rank = -1;
+  int64_t stall_step = -1;
 };
 
 struct StepOutput {

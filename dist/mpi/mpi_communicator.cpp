@@ -172,8 +172,9 @@ class MpiCommunicator final : public Communicator {
       if (done) return;
       if (polls > 2000) {
         if (clock::now() > deadline) {
-          fail(op, "no answer from the peers within parallel.collective_timeout_s = " +
-                       std::to_string(timeout_s_) + " s");
+          char limit[32];
+          std::snprintf(limit, sizeof(limit), "%g", timeout_s_);
+          fail(op, std::string("no answer from the peers within parallel.collective_timeout_s = ") + limit + " s");
         }
         std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 500 : 20));
       }
