@@ -128,6 +128,13 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"topk_mlp_data_parallel", "num_experts: 8 gate { type: TOP_K k: 2 } expert { type: MLP hidden: [10, 7] }",
              false, 30, 1},
         Case{"softmax_n5_e2", "num_experts: 5 gate { type: SOFTMAX } expert { type: MLP hidden: [9] }", false, 17, 2},
+        // The layout issue's own setting: 8 experts, k = 2, global batch 40.
+        Case{"issue_setting_all_ranks", "num_experts: 8 gate { type: DSELECT_K k: 2 } expert { type: MLP hidden: [16] }",
+             false, 40, 0},
+        Case{"issue_setting_e2", "num_experts: 8 gate { type: DSELECT_K k: 2 } expert { type: MLP hidden: [16] }",
+             false, 40, 2},
+        Case{"issue_setting_e1", "num_experts: 8 gate { type: DSELECT_K k: 2 } expert { type: MLP hidden: [16] }",
+             false, 40, 1},
         Case{"dselect_batch_of_one", "num_experts: 7 gate { type: DSELECT_K k: 3 gamma: 0.5 } "
                                      "expert { type: MLP hidden: [5] }",
              false, 1, 0}),
