@@ -11,7 +11,7 @@ packages=(
   libopenblas0-pthread libopenblas-pthread-dev
   libopenmpi-dev openmpi-bin
   libprotobuf-dev protobuf-compiler
-  zlib1g-dev
+  zlib1g-dev python3
   libgtest-dev googletest nlohmann-json3-dev
   dataset-fashion-mnist
 )
