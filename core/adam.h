@@ -27,6 +27,8 @@ class Adam {
   void step();
   void zero_grad();
   int64_t step_count() const { return step_; }
+  // For resuming: the moments are restored through state()'s tensors.
+  void set_step_count(int64_t step) { step_ = step; }
   void set_learning_rate(double lr) { options_.learning_rate = lr; }
   double learning_rate() const { return options_.learning_rate; }
   const NamedTensors& parameters() const { return params_; }

@@ -103,6 +103,8 @@ void validate_config(const proto::Config& config, const std::string& origin) {
   if (t.log_every() < 1) fail("trainer.log_every must be >= 1");
   if (t.eval_every() < 0) fail("trainer.eval_every must be >= 0 (0 = at the end only)");
   if (t.eval_batch_size() < 1) fail("trainer.eval_batch_size must be >= 1");
+  if (t.checkpoint_every() < 0) fail("trainer.checkpoint_every must be >= 0 (0 = only on a signal)");
+  if (t.keep_checkpoints() < 0) fail("trainer.keep_checkpoints must be >= 0 (0 = keep all)");
   if (t.threads_per_rank() < 0) fail("trainer.threads_per_rank must be >= 0 (0 = automatic)");
   if (t.device() != "cpu" && t.device() != "cuda") fail("trainer.device = '" + t.device() + "': expected cpu or cuda");
   if (t.device() == "cuda" && !at::hasCUDA()) {

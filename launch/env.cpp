@@ -46,6 +46,7 @@ LaunchEnv detect_launch_env() {
   }
   env.test_stall_rank = env_int("DSK_TEST_STALL_RANK", -1);
   env.test_stall_step = env_int("DSK_TEST_STALL_STEP", -1);
+  env.test_pause_in_save_rank = env_int("DSK_TEST_PAUSE_IN_SAVE_RANK", -1);
   cpu_set_t set;
   CPU_ZERO(&set);
   env.cpus_allowed = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;

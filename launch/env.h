@@ -20,6 +20,9 @@ struct LaunchEnv {
   // stops answering at that step, as a hung peer would. -1 = off.
   int test_stall_rank = -1;
   int64_t test_stall_step = -1;
+  // Test hook (DSK_TEST_PAUSE_IN_SAVE_RANK): that world rank pauses forever
+  // in the middle of writing a checkpoint. -1 = off.
+  int test_pause_in_save_rank = -1;
 
   bool under_launcher() const { return !launcher.empty(); }
   // Intra-op threads so that ranks x threads never exceed the node's cores.

@@ -5,7 +5,10 @@
 #include <thread>
 
 #include "core/adam.h"
+#include "core/checkpoint/checkpoint.h"
 #include "core/data/sampler.h"
+#include "dist/agreement.h"
+#include "dist/dist_checkpoint.h"
 #include "core/gates/gate_stats.h"
 #include "dist/grad_sync.h"
 #include "dist/topology.h"
@@ -167,6 +170,58 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
   core::Adam adam(all_params, core::AdamOptions{tc.learning_rate(), tc.adam_beta1(), tc.adam_beta2(), tc.adam_eps()});
   dist::GradientSync sync(replicated, world, experts, *topology.replica_group);
 
+  // Parameters and their Adam moments ("opt.<name>.exp_avg"), by global name.
+  const core::NamedTensors optimizer_state = adam.state();
+  auto with_optimizer_state = [&](const core::NamedTensors& params) {
+    core::NamedTensors out = params;
+    for (const auto& p : params) {
+      for (const auto& s : optimizer_state) {
+        if (s.name.size() > p.name.size() && s.name.compare(0, p.name.size(), p.name) == 0 &&
+            s.name[p.name.size()] == '.') {
+          out.push_back({"opt." + s.name, s.tensor});
+        }
+      }
+    }
+    return out;
+  };
+  const core::NamedTensors replicated_state = with_optimizer_state(replicated);
+  const core::NamedTensors expert_state = with_optimizer_state(experts);
+
+  int64_t first_step = 1;
+  if (!options.resume.empty()) {
+    const std::string dir = dist::agree_on_checkpoint(world, options.resume, config);
+    proto::Manifest manifest;
+    dist::run_agreed(world, [&] {
+      manifest = core::read_manifest(dir);
+      core::load_tensors(dir, manifest, replicated_state);
+      core::load_tensors(dir, manifest, expert_state);
+      adam.set_step_count(manifest.optimizer_step());
+    });
+    first_step = manifest.step() + 1;
+    if (leader && options.progress) {
+      std::printf("dsk: resumed from %s: step %lld, saved by %d ranks (E = %d)\n", dir.c_str(),
+                  static_cast<long long>(manifest.step()), manifest.layout().world_size(),
+                  manifest.layout().expert_parallel_size());
+    }
+  }
+  const std::string checkpoint_root = options.out_dir.empty() ? std::string() : options.out_dir + "/ckpt";
+  auto save = [&](int64_t step) {
+    dist::CheckpointState state;
+    state.step = step;
+    state.sample_index = step * global_batch;
+    state.epoch = state.sample_index / data.train.size();
+    state.optimizer_step = adam.step_count();
+    state.learning_rate = adam.learning_rate();
+    const auto begin = Clock::now();
+    const std::string dir = dist::save_checkpoint(checkpoint_root, config, topology, state, replicated_state,
+                                                  expert_state, {tc.keep_checkpoints(), options.pause_in_save_rank});
+    if (leader && options.progress) {
+      std::printf("dsk: checkpoint %s (%.2f s)\n", dir.c_str(),
+                  std::chrono::duration<double>(Clock::now() - begin).count());
+      std::fflush(stdout);
+    }
+  };
+
   MetricsLog metrics(leader ? options.out_dir : std::string());
   std::vector<int64_t> owned = {model.first_local_expert(),
                                 model.first_local_expert() + static_cast<int64_t>(model.sharding().num_local(topology.expert_rank()))};
@@ -195,9 +250,11 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
   TrainResult result;
   const auto start = Clock::now();
   auto last_log = start;
-  int64_t last_log_step = 0;
+  int64_t last_log_step = first_step - 1;
+  double not_training_s = 0;  // eval and checkpoint time since the last log, left out of examples/s
 
-  for (int64_t step = 1; step <= tc.steps(); ++step) {
+  result.steps = first_step - 1;
+  for (int64_t step = first_step; step <= tc.steps(); ++step) {
     if (step == options.stall_step && world.rank() == options.stall_rank) {
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     }
@@ -216,7 +273,10 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     const bool log_now = step % tc.log_every() == 0 || step == tc.steps() || step == 1;
     // The loss of every step is reduced: it is one tiny message and makes
     // the whole-run loss curve comparable across layouts.
-    at::Tensor summary = at::cat({task_sums.detach().to(at::kDouble), reg.detach().to(at::kDouble).reshape({1})});
+    // The stop flag rides along, so every rank sees the same decision.
+    const double stop_flag = options.stop_requested != nullptr && *options.stop_requested ? 1.0 : 0.0;
+    at::Tensor summary = at::cat({task_sums.detach().to(at::kDouble), reg.detach().to(at::kDouble).reshape({1}),
+                                  at::tensor({stop_flag}, at::kDouble)});
     world.all_reduce(summary, dist::ReduceOp::kSum);
     const std::vector<double> s = to_doubles(summary);
     std::vector<double> task_losses(s.begin(), s.begin() + num_tasks);
@@ -232,11 +292,12 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
           at::tensor(std::vector<int64_t>{out.dispatch.rows_sent(), out.dispatch.rows_received()}, at::kLong));
       const RoutingSummary routing = summarize_routing(out, slice_rows, global_batch, world);
       const auto now = Clock::now();
-      const double elapsed = std::chrono::duration<double>(now - last_log).count();
+      const double elapsed = std::chrono::duration<double>(now - last_log).count() - not_training_s;
+      not_training_s = 0;
       const double examples_per_s =
           elapsed > 0 ? static_cast<double>((step - last_log_step) * global_batch) / elapsed : 0.0;
       const double so_far = std::chrono::duration<double>(now - start).count();
-      const double eta = so_far / static_cast<double>(step) * static_cast<double>(tc.steps() - step);
+      const double eta = so_far / static_cast<double>(step - first_step + 1) * static_cast<double>(tc.steps() - step);
       last_log = now;
       last_log_step = step;
       if (leader) {
@@ -266,7 +327,20 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
       }
     }
 
+    result.steps = step;
+    const bool stop = s[num_tasks + 1] > 0;
+    if (stop) {
+      if (!checkpoint_root.empty()) save(step);
+      if (leader) {
+        std::printf("dsk: stopped at step %lld on a signal%s\n", static_cast<long long>(step),
+                    checkpoint_root.empty() ? " (no --out: nothing saved)" : "");
+        std::fflush(stdout);
+      }
+      result.stopped = true;
+      break;
+    }
     const bool eval_now = (tc.eval_every() > 0 && step % tc.eval_every() == 0) || step == tc.steps();
+    const auto pause_begin = Clock::now();
     if (eval_now) {
       EvalResult eval = evaluate(model, data.test, tc.eval_batch_size(), world);
       if (leader) {
@@ -284,10 +358,14 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
         }
       }
       if (step == tc.steps()) result.final_eval = eval;
-      last_log = Clock::now();  // examples/s measures training only
     }
+    const int64_t every = tc.checkpoint_every();
+    if (every > 0 && !checkpoint_root.empty() && (step % every == 0 || step == tc.steps())) save(step);
+    not_training_s += std::chrono::duration<double>(Clock::now() - pause_begin).count();
   }
-  result.steps = tc.steps();
+  // Resumed at (or past) the last step: nothing trained; save so the
+  // checkpoint is rewritten under this layout (as a resharding tool).
+  if (first_step > tc.steps() && tc.checkpoint_every() > 0 && !checkpoint_root.empty()) save(first_step - 1);
   return result;
 }
 

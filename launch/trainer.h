@@ -1,5 +1,6 @@
 #pragma once
 // The training loop of `dsk train`.
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -20,7 +21,8 @@ struct EvalResult {
 };
 
 struct TrainResult {
-  int64_t steps = 0;
+  int64_t steps = 0;           // last step trained
+  bool stopped = false;        // ended early on a stop request
   std::vector<double> step_losses;  // global loss of every step (all ranks)
   EvalResult final_eval;
 };
@@ -32,6 +34,13 @@ struct TrainOptions {
   // instead of entering its collectives (see LaunchEnv). -1 = off.
   int stall_rank = -1;
   int64_t stall_step = -1;
+  // A run directory or checkpoint to continue from; empty = fresh start.
+  std::string resume;
+  // Set (by a signal handler) on any rank: all ranks stop at the same step
+  // boundary, save a checkpoint and return.
+  const volatile std::sig_atomic_t* stop_requested = nullptr;
+  // Test hook: this world rank pauses forever in the middle of a save.
+  int pause_in_save_rank = -1;
 };
 
 struct StepOutput {
