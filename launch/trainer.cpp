@@ -227,8 +227,8 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
                                 model.first_local_expert() + static_cast<int64_t>(model.sharding().num_local(topology.expert_rank()))};
   at::Tensor all_owned = world.all_gather(at::tensor(owned, at::kLong));
   if (leader && options.progress) {
-    std::printf("dsk: world %d = %d expert-parallel x %d replicas; %lld experts\n", world.size(),
-                topology.expert_parallel_size, topology.data_parallel_size,
+    std::printf("dsk: world %d = %d expert-parallel x %d replica%s; %lld experts\n", world.size(),
+                topology.expert_parallel_size, topology.data_parallel_size, topology.data_parallel_size == 1 ? "" : "s",
                 static_cast<long long>(config.model().num_experts()));
     for (int r = 0; r < world.size(); ++r) {
       const int64_t lo = all_owned[r][0].item<int64_t>(), hi = all_owned[r][1].item<int64_t>();

@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev
   # LibTorch only recommends OpenBLAS; without it libblas.so.3 is the
-  # reference BLAS, ~30x slower (see docs/performance.md).
+  # reference BLAS, ~30x slower (cmake/CheckBlas.cmake refuses it).
   libopenblas0-pthread libopenblas-pthread-dev
   libopenmpi-dev openmpi-bin
   libprotobuf-dev protobuf-compiler
