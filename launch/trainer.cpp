@@ -189,6 +189,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
 
   int64_t first_step = 1;
   if (!options.resume.empty()) {
+    const auto load_begin = Clock::now();
     const std::string dir = dist::agree_on_checkpoint(world, options.resume, config);
     proto::Manifest manifest;
     dist::run_agreed(world, [&] {
@@ -199,9 +200,10 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     });
     first_step = manifest.step() + 1;
     if (leader && options.progress) {
-      std::printf("dsk: resumed from %s: step %lld, saved by %d ranks (E = %d)\n", dir.c_str(),
+      std::printf("dsk: resumed from %s: step %lld, saved by %d ranks (E = %d), loaded in %.2f s\n", dir.c_str(),
                   static_cast<long long>(manifest.step()), manifest.layout().world_size(),
-                  manifest.layout().expert_parallel_size());
+                  manifest.layout().expert_parallel_size(),
+                  std::chrono::duration<double>(Clock::now() - load_begin).count());
     }
   }
   const std::string checkpoint_root = options.out_dir.empty() ? std::string() : options.out_dir + "/ckpt";
