@@ -1,6 +1,7 @@
 // The `dsk` command. Exit codes: 0 success, 2 usage/config/data/checkpoint
 // error (one line on stderr naming the file and field), 1 runtime failure.
 #include <ATen/Parallel.h>
+#include <malloc.h>
 
 #include <csignal>
 #include <cstdio>
@@ -152,6 +153,14 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Keep large blocks in the heap. Training (and dsk bench) allocates the
+  // same large tensors every step; with glibc's defaults any block over the
+  // mmap threshold (128 KB, raised dynamically only up to 32 MB) is mmapped,
+  // page-faulted in and munmapped on every step, and a freed heap top is
+  // trimmed back to the OS, which costs more than the math on them.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
