@@ -15,7 +15,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 std::vector<int64_t> to_vector(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kLong).contiguous();
+  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
@@ -30,6 +30,7 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
     ctx->saved_data["recv_rows"] = recv_rows;
     ctx->saved_data["row_shape"] = rows.sizes().vec();
     ctx->saved_data["dtype"] = static_cast<int64_t>(rows.scalar_type());
+    ctx->saved_data["device"] = rows.device();
     return comm->all_to_all_v(rows.contiguous(), send_rows, recv_rows);
   }
 
@@ -41,7 +42,9 @@ struct AllToAllRows : public torch::autograd::Function<AllToAllRows> {
     if (!grad.defined()) {
       std::vector<int64_t> shape = ctx->saved_data["row_shape"].toIntVector();
       shape[0] = std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0});
-      grad = at::zeros(shape, static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()));
+      grad = at::zeros(shape, at::TensorOptions()
+                                  .dtype(static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()))
+                                  .device(ctx->saved_data["device"].toDevice()));
     }
     at::Tensor grad_rows = comm->all_to_all_v(grad.contiguous(), recv_rows, send_rows);
     return {grad_rows, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -144,7 +147,7 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
   }
 
   const bool grad_mode = at::GradMode::is_enabled();
-  const at::Tensor no_anchor = at::zeros({0});
+  const at::Tensor no_anchor = at::zeros({0}, weights.options());
 
   // Step 2: rows to the owners. The anchor joins the graph only when the
   // caller wants gradients w.r.t. x, a choice every rank makes alike.
@@ -154,7 +157,8 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
 
   // Step 3: received rows arrive grouped by source rank, then expert; each
   // expert runs once on its rows from all sources.
-  at::Tensor segment = at::repeat_interleave(at::arange(world * local_experts, at::kLong),
+  const auto index_options = recv_counts.options();  // int64 on the rows' device
+  at::Tensor segment = at::repeat_interleave(at::arange(world * local_experts, index_options),
                                              recv_counts.flatten());
   at::Tensor expert_major_key = (segment % std::max<int64_t>(local_experts, 1)) * world +
                                 segment / std::max<int64_t>(local_experts, 1);
@@ -177,7 +181,7 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
   at::Tensor grouped_out = outputs.empty() ? at::zeros({0, output_dim_}, weights.options())
                                            : (outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0));
   at::Tensor inverse = at::empty_like(by_expert);
-  inverse.index_put_({by_expert}, at::arange(by_expert.numel(), at::kLong));
+  inverse.index_put_({by_expert}, at::arange(by_expert.numel(), index_options));
   at::Tensor expert_out = grouped_out.index_select(0, inverse);
 
   // Step 4: outputs back to the senders, in the order of the plan.

@@ -107,7 +107,7 @@ std::string save_checkpoint(const std::string& root, const proto::Config& config
     if (mine.empty()) return;
     core::write_safetensors(tmp + "/" + file, mine);
     for (const auto& nt : mine) {
-      at::Tensor value = nt.tensor.detach().contiguous();
+      at::Tensor value = nt.tensor.detach().to(at::kCPU).contiguous();
       auto* entry = entries.add_tensors();
       entry->set_name(nt.name);
       entry->set_file(file);

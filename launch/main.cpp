@@ -15,6 +15,7 @@
 #include "core/data/dataset.h"
 #include "core/error.h"
 #include "dist/agreement.h"
+#include "dist/device_communicator.h"
 #include "dist/mpi/mpi_communicator.h"
 #include "launch/bench.h"
 #include "launch/ckpt_inspect.h"
@@ -22,6 +23,10 @@
 #include "launch/env.h"
 #include "launch/trainer.h"
 #include "models/mmoe.h"
+
+#ifdef DSK_HAVE_NCCL
+#include "dist/nccl/nccl_communicator.h"
+#endif
 
 namespace {
 
@@ -77,6 +82,16 @@ void prepare(const TrainArgs& args, const dsk::launch::LaunchEnv& env, dsk::dist
              dsk::proto::Config& config, dsk::core::DataSplits& data) {
   config = dsk::launch::load_config(args.config_path, args.overrides);
   at::set_num_threads(env.threads_per_rank(config.trainer().threads_per_rank()));
+  if (config.trainer().device() == "cuda" && world.size() > 1) {
+#ifdef DSK_HAVE_NCCL
+    if (dsk::dist::cuda_device_count() < 1) {
+      throw dsk::UsageError(args.config_path + ": trainer.device = cuda, but no CUDA device is visible to this rank");
+    }
+#else
+    throw dsk::UsageError(args.config_path +
+                          ": trainer.device = cuda with several ranks needs NCCL: rebuild with -DDSK_WITH_NCCL=ON");
+#endif
+  }
   if (config.trainer().checkpoint_every() > 0 && args.out_dir.empty()) {
     throw dsk::UsageError(args.config_path + ": trainer.checkpoint_every is set but there is no --out DIR to save into");
   }
@@ -125,7 +140,20 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
       if (!usage_error.empty()) throw dsk::UsageError(usage_error);
       prepare(args, env, *world, config, data);
     });
-    if (mpi) world = mpi->world(config.parallel().collective_timeout_s());
+    const double timeout_s = config.parallel().collective_timeout_s();
+    int cuda_device = 0;
+    if (mpi) {
+      world = mpi->world(timeout_s);
+#ifdef DSK_HAVE_NCCL
+      if (config.trainer().device() == "cuda") {
+        // One GPU per local rank; rows and gradients on NCCL, host-side
+        // exchanges on MPI (dist/device_communicator.h).
+        cuda_device = env.local_rank % dsk::dist::cuda_device_count();
+        auto gpu = dsk::dist::make_nccl_communicator(*world, cuda_device, timeout_s, "world");
+        world = dsk::dist::make_device_dispatch_communicator(std::move(world), std::move(gpu));
+      }
+#endif
+    }
 
     dsk::launch::TrainOptions options;
     options.out_dir = args.out_dir;
@@ -134,6 +162,7 @@ int run_train(int argc, char** argv, const dsk::launch::LaunchEnv& env) {
     options.stall_rank = env.test_stall_rank;
     options.stall_step = env.test_stall_step;
     options.pause_in_save_rank = env.test_pause_in_save_rank;
+    options.cuda_device = cuda_device;
     dsk::launch::train(config, data, *world, options);
   } catch (const dsk::dist::PeerFailure& e) {
     return e.exit_code();  // the failing peer printed the message

@@ -21,12 +21,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::vector<double> to_doubles(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kDouble).contiguous();
+  at::Tensor c = t.to(at::kCPU, at::kDouble).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
 std::vector<int64_t> to_longs(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kLong).contiguous();
+  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
@@ -57,7 +57,7 @@ std::string format_list(const std::vector<int64_t>& values) {
 // Every rank takes ceil(local/eval_batch) batches of the same global count,
 // so the expert group's all-to-alls pair up even where slices differ by one.
 EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t eval_batch,
-                    dist::Communicator& world) {
+                    dist::Communicator& world, const at::Device& device) {
   at::NoGradGuard no_grad;
   const int64_t num_tasks = test.num_tasks();
   const auto [first, count] = core::rank_slice(test.size(), world.rank(), world.size());
@@ -68,12 +68,13 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
   for (int64_t b = 0; b < batches; ++b) {
     const int64_t begin = std::min(count, b * eval_batch);
     const int64_t rows = std::min(count, begin + eval_batch) - begin;
-    at::Tensor x = test.inputs.narrow(0, first + begin, rows);
-    at::Tensor y = test.targets.narrow(0, first + begin, rows);
+    at::Tensor x = test.inputs.narrow(0, first + begin, rows).to(device);
+    at::Tensor y = test.targets.narrow(0, first + begin, rows).to(device);
     auto out = model.forward(x, /*training=*/false);
-    totals.narrow(0, 0, num_tasks).add_(models::task_loss_sums(out.predictions, y, test.kind).to(at::kDouble));
+    totals.narrow(0, 0, num_tasks).add_(models::task_loss_sums(out.predictions, y, test.kind).to(at::kCPU, at::kDouble));
     if (test.kind == core::TaskKind::kClassification) {
-      totals.narrow(0, num_tasks, num_tasks).add_(models::task_correct_counts(out.predictions, y).to(at::kDouble));
+      totals.narrow(0, num_tasks, num_tasks)
+          .add_(models::task_correct_counts(out.predictions, y).to(at::kCPU, at::kDouble));
     }
   }
   world.all_reduce(totals, dist::ReduceOp::kSum);
@@ -103,15 +104,16 @@ struct RoutingSummary {
 RoutingSummary summarize_routing(const models::MmoeModel::Output& out, int64_t local_rows, int64_t global_batch,
                                  dist::Communicator& world) {
   at::NoGradGuard no_grad;
+  // Host tensors: a few hundred numbers, reduced over MPI whatever the device.
   const core::GateStats stats = core::gate_statistics(out.gate);
-  const at::Tensor weights = out.gate.weights.detach().to(at::kDouble);  // [T, B, n]
+  const at::Tensor weights = out.gate.weights.detach().to(at::kCPU, at::kDouble);  // [T, B, n]
   const int64_t tasks = weights.size(0), n = weights.size(2);
   const double rows = static_cast<double>(local_rows);
   at::Tensor packet = at::cat({
-      (rows > 0 ? stats.mean_nonzero_experts * rows : at::zeros({tasks}, at::kDouble)),
-      (rows > 0 ? stats.binary_selector_fraction * rows : at::zeros({tasks}, at::kDouble)),
+      (rows > 0 ? stats.mean_nonzero_experts.cpu() * rows : at::zeros({tasks}, at::kDouble)),
+      (rows > 0 ? stats.binary_selector_fraction.cpu() * rows : at::zeros({tasks}, at::kDouble)),
       weights.sum(1).flatten(),
-      out.dispatch.rows_per_expert.to(at::kDouble),
+      out.dispatch.rows_per_expert.to(at::kCPU, at::kDouble),
       at::tensor({static_cast<double>(out.dispatch.dropped_rows)}, at::kDouble)});
   world.all_reduce(packet, dist::ReduceOp::kSum);
   RoutingSummary summary;
@@ -162,6 +164,10 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
 
   dist::Topology topology = dist::make_topology(world, config.parallel().expert_parallel_size());
   models::MmoeModel model(config.model(), models::model_shape_of(data.train), tc.seed(), *topology.expert_group);
+  // Parameters are created on the CPU (the same bits everywhere) and then
+  // moved, before the optimizer and the gradient buckets take their shapes.
+  const at::Device device = tc.device() == "cuda" ? at::Device(at::kCUDA, options.cuda_device) : at::Device(at::kCPU);
+  model.to(device);
 
   const core::NamedTensors replicated = model.replicated_parameters();
   const core::NamedTensors experts = model.expert_parameters();
@@ -262,8 +268,8 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     }
     const int64_t cursor = (step - 1) * global_batch;
     at::Tensor rows = sampler.indices(cursor + slice_first, slice_rows);
-    at::Tensor x = data.train.inputs.index_select(0, rows);
-    at::Tensor y = data.train.targets.index_select(0, rows);
+    at::Tensor x = data.train.inputs.index_select(0, rows).to(device);
+    at::Tensor y = data.train.targets.index_select(0, rows).to(device);
 
     adam.zero_grad();
     StepOutput step_out = compute_gradients(model, config.model().gate(), x, y, data.train.kind, global_batch, sync, step);
@@ -277,8 +283,8 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     // the whole-run loss curve comparable across layouts.
     // The stop flag rides along, so every rank sees the same decision.
     const double stop_flag = options.stop_requested != nullptr && *options.stop_requested ? 1.0 : 0.0;
-    at::Tensor summary = at::cat({task_sums.detach().to(at::kDouble), reg.detach().to(at::kDouble).reshape({1}),
-                                  at::tensor({stop_flag}, at::kDouble)});
+    at::Tensor summary = at::cat({task_sums.detach().to(at::kCPU, at::kDouble),
+                                  reg.detach().to(at::kCPU, at::kDouble).reshape({1}), at::tensor({stop_flag}, at::kDouble)});
     world.all_reduce(summary, dist::ReduceOp::kSum);
     const std::vector<double> s = to_doubles(summary);
     std::vector<double> task_losses(s.begin(), s.begin() + num_tasks);
@@ -344,7 +350,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     const bool eval_now = (tc.eval_every() > 0 && step % tc.eval_every() == 0) || step == tc.steps();
     const auto pause_begin = Clock::now();
     if (eval_now) {
-      EvalResult eval = evaluate(model, data.test, tc.eval_batch_size(), world);
+      EvalResult eval = evaluate(model, data.test, tc.eval_batch_size(), world, device);
       if (leader) {
         JsonObject record;
         record.add("step", step).add("split", std::string("test"));

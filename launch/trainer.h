@@ -39,6 +39,8 @@ struct TrainOptions {
   // Set (by a signal handler) on any rank: all ranks stop at the same step
   // boundary, save a checkpoint and return.
   const volatile std::sig_atomic_t* stop_requested = nullptr;
+  // CUDA ordinal for trainer.device = cuda (from the launcher's local rank).
+  int cuda_device = 0;
   // Test hook: this world rank pauses forever in the middle of a save.
   int pause_in_save_rank = -1;
 };

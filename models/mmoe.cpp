@@ -91,6 +91,15 @@ MmoeModel::Output MmoeModel::forward(const at::Tensor& x, bool training) {
   return out;
 }
 
+void MmoeModel::to(const at::Device& device) {
+  at::NoGradGuard no_grad;
+  for (const auto& group : {replicated_parameters(), expert_parameters()}) {
+    for (const auto& p : group) {
+      if (p.tensor.device() != device) p.tensor.set_data(p.tensor.to(device));
+    }
+  }
+}
+
 core::NamedTensors MmoeModel::replicated_parameters() const {
   core::NamedTensors params = gate_->parameters();
   core::prepend_prefix(params, "gate.");

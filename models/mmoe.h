@@ -50,6 +50,9 @@ class MmoeModel {
   };
   Output forward(const at::Tensor& x, bool training);
 
+  // Moves every parameter to `device` in place (the tensors keep their
+  // identity, so NamedTensors taken before stay valid).
+  void to(const at::Device& device);
   // gate.* and towers.*: identical on every rank.
   core::NamedTensors replicated_parameters() const;
   // experts.<global id>.*: this rank's shard only.
