@@ -36,8 +36,8 @@ timeout 600 "$build_dir/dsk" train --config configs/synthetic.pbtxt --out "$out"
 train_rc=$?
 cat "$train_log"
 if [ "$train_rc" -ne 0 ]; then
-  echo "gpu-check: the trainer does not support trainer.device=cuda yet (dsk train exited $train_rc);" \
-       "only the gpu tests above exercised the GPU path"
+  echo "gpu-check: training on cuda FAILED (dsk train exited $train_rc): the log above says why;" \
+       "this path has never run on a GPU before this check"
   echo "== the same job on cpu, for a step-time reference"
   rm -rf "$out"
   timeout 600 "$build_dir/dsk" train --config configs/synthetic.pbtxt --out "$out" \
