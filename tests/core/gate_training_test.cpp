@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/core/gate_test_util.h"
 #include "core/adam.h"
 #include "core/error.h"
 #include "core/gates/gate.h"
@@ -48,12 +49,7 @@ proto::GateConfig topk(int64_t k, bool per_example, bool noisy,
   return c;
 }
 
-at::Tensor param(const Gate& gate, const std::string& name) {
-  for (const auto& nt : gate.parameters())
-    if (nt.name == name) return nt.tensor;
-  ADD_FAILURE() << "no parameter " << name;
-  return {};
-}
+at::Tensor param(const Gate& gate, const std::string& name) { return test_util::gate_param(gate, name); }
 
 std::map<std::string, at::Tensor> snapshot(const Gate& gate) {
   std::map<std::string, at::Tensor> out;

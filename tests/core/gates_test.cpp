@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/core/gate_test_util.h"
 #include "core/error.h"
 #include "core/gates/gate.h"
 #include "core/gates/gates_impl.h"
@@ -85,12 +86,7 @@ proto::GateConfig gate_config(proto::GateConfig::Type type, int64_t k, bool per_
   return c;
 }
 
-at::Tensor param(const Gate& gate, const std::string& name) {
-  for (const auto& nt : gate.parameters())
-    if (nt.name == name) return nt.tensor;
-  ADD_FAILURE() << "no parameter " << name;
-  return {};
-}
+at::Tensor param(const Gate& gate, const std::string& name) { return test_util::gate_param(gate, name); }
 
 at::Tensor grad_or_zeros(const at::Tensor& t) {
   return t.grad().defined() ? t.grad() : at::zeros_like(t);

@@ -3,35 +3,13 @@
 // so every rank exits with the same code.
 #include <gtest/gtest.h>
 
-#include <string>
-
-#include "tests/dist/mpi_test_env.h"
 #include "dist/mpi/mpi_communicator.h"
+#include "tests/dist/failure_only_printer.h"
+#include "tests/dist/mpi_test_env.h"
 
 namespace dsk::testing {
 namespace {
 dist::Communicator* g_world = nullptr;
-
-// Ranks other than 0 report only their failures, prefixed with the rank, so
-// a failure on one rank is visible without interleaving every rank's log.
-class FailureOnlyPrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailureOnlyPrinter(int rank) : rank_(rank) {}
-  // gtest holds its lock while reporting a part result, so the test name
-  // is remembered here rather than asked for there.
-  void OnTestStart(const ::testing::TestInfo& test) override {
-    test_ = std::string(test.test_suite_name()) + "." + test.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(),
-                 result.file_name() ? result.file_name() : "?", result.line_number(), result.summary());
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
 }
 dist::Communicator& test_world() { return *g_world; }
 }  // namespace dsk::testing

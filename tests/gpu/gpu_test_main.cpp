@@ -11,6 +11,7 @@
 
 #include "dist/mpi/mpi_communicator.h"
 #include "dist/nccl/nccl_communicator.h"
+#include "tests/dist/failure_only_printer.h"
 #include "tests/gpu/gpu_test_env.h"
 
 namespace dsk::testing {
@@ -43,22 +44,6 @@ GpuTestEnv agree_on_devices(dist::Communicator& world) {
   return env;
 }
 
-class FailureOnlyPrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailureOnlyPrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const ::testing::TestInfo& test) override {
-    test_ = std::string(test.test_suite_name()) + "." + test.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(),
-                 result.file_name() ? result.file_name() : "?", result.line_number(), result.summary());
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
 }  // namespace
 dist::Communicator& test_world() { return *g_world; }
 const GpuTestEnv& gpu_env() { return g_env; }
