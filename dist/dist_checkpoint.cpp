@@ -21,17 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return "F32";
-    case at::kDouble: return "F64";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kByte: return "U8";
-    default: throw std::invalid_argument(std::string("checkpoint: unsupported dtype ") + at::toString(t.scalar_type()));
-  }
-}
-
 at::Tensor bytes_tensor(const std::string& bytes) {
   at::Tensor t = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
   if (!bytes.empty()) std::memcpy(t.data_ptr<uint8_t>(), bytes.data(), bytes.size());
@@ -112,7 +101,7 @@ std::string save_checkpoint(const std::string& root, const proto::Config& config
       entry->set_name(nt.name);
       entry->set_file(file);
       for (int64_t d : value.sizes()) entry->add_shape(d);
-      entry->set_dtype(dtype_of(value));
+      entry->set_dtype(core::safetensors_dtype(value.scalar_type()));
       entry->set_checksum(core::tensor_checksum(value));
       entry->set_bytes(static_cast<uint64_t>(value.numel() * value.element_size()));
     }

@@ -42,19 +42,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
-std::string dtype_name(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return "F32";
-    case at::kDouble: return "F64";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kByte: return "U8";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    default: return at::toString(type);
-  }
-}
-
 // One open file per shard while loading: each tensor is a seek away.
 class ShardCache {
  public:
@@ -86,9 +73,9 @@ at::Tensor read_checked(ShardCache& shards, const std::string& dir, const proto:
     throw UsageError("checkpoint: " + path + ": tensor '" + entry.name() + "' has shape " +
                      shape_text(value.sizes().vec()) + " but the manifest says " + shape_text(manifest_shape));
   }
-  if (dtype_name(value.scalar_type()) != entry.dtype()) {
+  if (safetensors_dtype(value.scalar_type()) != entry.dtype()) {
     throw UsageError("checkpoint: " + path + ": tensor '" + entry.name() + "' has dtype " +
-                     dtype_name(value.scalar_type()) + " but the manifest says " + entry.dtype());
+                     safetensors_dtype(value.scalar_type()) + " but the manifest says " + entry.dtype());
   }
   if (tensor_checksum(value) != entry.checksum()) {
     throw UsageError("checkpoint: " + path + ": tensor '" + entry.name() +
@@ -175,8 +162,8 @@ void load_tensors(const std::string& dir, const proto::Manifest& manifest, const
     at::Tensor value = read_checked(shards, dir, *it->second);
     if (value.sizes() != target.tensor.sizes() || value.scalar_type() != target.tensor.scalar_type()) {
       throw UsageError("checkpoint: " + dir + "/" + it->second->file() + ": tensor '" + target.name + "' is " +
-                       dtype_name(value.scalar_type()) + " " + shape_text(value.sizes().vec()) + ", this model needs " +
-                       dtype_name(target.tensor.scalar_type()) + " " + shape_text(target.tensor.sizes().vec()));
+                       safetensors_dtype(value.scalar_type()) + " " + shape_text(value.sizes().vec()) + ", this model needs " +
+                       safetensors_dtype(target.tensor.scalar_type()) + " " + shape_text(target.tensor.sizes().vec()));
     }
     target.tensor.copy_(value);
   }

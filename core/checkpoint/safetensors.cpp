@@ -438,4 +438,10 @@ uint64_t tensor_checksum(const at::Tensor& t) {
   return xxh64(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size(), 0);
 }
 
+std::string safetensors_dtype(at::ScalarType type) {
+  const char* name = dtype_name(type);
+  if (name == nullptr) throw std::invalid_argument(std::string("safetensors: no format dtype for ") + at::toString(type));
+  return name;
+}
+
 }  // namespace dsk::core

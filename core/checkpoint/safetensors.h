@@ -81,6 +81,10 @@ class SafetensorsFile {
 // Dtype and shape are not hashed; the manifest records them separately.
 uint64_t tensor_checksum(const at::Tensor& t);
 
+// The format's name of a LibTorch dtype ("F32", "I64", ...); throws
+// std::invalid_argument for a dtype the format lacks.
+std::string safetensors_dtype(at::ScalarType type);
+
 // The same hash over raw bytes (exposed for tests and manifests).
 uint64_t xxh64(const void* data, size_t size, uint64_t seed = 0);
 
