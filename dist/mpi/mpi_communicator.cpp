@@ -2,7 +2,9 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <climits>
 #include <cstdio>
 #include <stdexcept>
@@ -103,11 +105,42 @@ class MpiCommunicator final : public Communicator {
     shape[0] = recv_total;
     at::Tensor recv = at::empty(shape, send.options());
     MPI_Datatype type = mpi_type(send.scalar_type());
-    MPI_Request request;
-    check(MPI_Ialltoallv(send.data_ptr(), send_counts.data(), send_displs.data(), type, recv.data_ptr(),
-                         recv_counts.data(), recv_displs.data(), type, comm_, &request),
-          "all_to_all_v");
-    wait(request, "all_to_all_v");
+    // One receive and one send per peer with a nonzero count (what
+    // MPI_Alltoallv does inside), so that at the deadline the peers that
+    // never answered can be named. Messages of successive calls cannot
+    // cross: each call completes all its receives before returning, and
+    // MPI keeps the order of messages between two ranks.
+    const size_t element = send.element_size();
+    auto* send_bytes = static_cast<const char*>(send.data_ptr());
+    auto* recv_bytes = static_cast<char*>(recv.data_ptr());
+    std::vector<MPI_Request> requests;
+    std::vector<int> peers;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_ || recv_counts[r] == 0) continue;
+      requests.emplace_back();
+      peers.push_back(r);
+      check(MPI_Irecv(recv_bytes + recv_displs[r] * element, recv_counts[r], type, r, kAllToAllTag, comm_,
+                      &requests.back()),
+            "all_to_all_v");
+    }
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_ || send_counts[r] == 0) continue;
+      requests.emplace_back();
+      peers.push_back(r);
+      check(MPI_Isend(send_bytes + send_displs[r] * element, send_counts[r], type, r, kAllToAllTag, comm_,
+                      &requests.back()),
+            "all_to_all_v");
+    }
+    if (send_counts[rank_] != recv_counts[rank_]) {
+      throw std::invalid_argument("all_to_all_v on '" + name_ + "': this rank sends itself " +
+                                  std::to_string(send_counts[rank_]) + " elements but expects " +
+                                  std::to_string(recv_counts[rank_]));
+    }
+    if (send_counts[rank_] > 0) {
+      std::memcpy(recv_bytes + recv_displs[rank_] * element, send_bytes + send_displs[rank_] * element,
+                  static_cast<size_t>(send_counts[rank_]) * element);
+    }
+    wait_all(requests, peers, "all_to_all_v");
     return recv;
   }
 
@@ -181,6 +214,40 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  // As wait(), for point-to-point requests; `peers[i]` is the other end of
+  // requests[i], named in the error when the deadline passes.
+  void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, const char* op) const {
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                             std::chrono::duration<double>(timeout_s_));
+    for (int polls = 0;; ++polls) {
+      int done = 0;
+      check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), op);
+      if (done) return;
+      if (polls > 2000) {
+        if (clock::now() > deadline) {
+          std::vector<int> silent;
+          for (size_t i = 0; i < requests.size(); ++i) {
+            int finished = 0;
+            if (requests[i] != MPI_REQUEST_NULL) MPI_Test(&requests[i], &finished, MPI_STATUS_IGNORE);
+            if (requests[i] != MPI_REQUEST_NULL && !finished &&
+                std::find(silent.begin(), silent.end(), peers[i]) == silent.end()) {
+              silent.push_back(peers[i]);
+            }
+          }
+          std::sort(silent.begin(), silent.end());
+          std::string who;
+          for (int p : silent) who += (who.empty() ? "" : ", ") + std::to_string(p);
+          char limit[32];
+          std::snprintf(limit, sizeof(limit), "%g", timeout_s_);
+          fail(op, "no answer from rank" + std::string(silent.size() == 1 ? " " : "s ") + who + " of '" + name_ +
+                       "' within parallel.collective_timeout_s = " + limit + " s");
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 500 : 20));
+      }
+    }
+  }
+
   [[noreturn]] void fail(const char* op, const std::string& why) const {
     int world_rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
@@ -191,6 +258,7 @@ class MpiCommunicator final : public Communicator {
     std::abort();
   }
 
+  static constexpr int kAllToAllTag = 7301;
   MPI_Comm comm_;
   std::string name_;
   double timeout_s_;

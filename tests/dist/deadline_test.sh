@@ -21,7 +21,7 @@ DSK_TEST_STALL_RANK=1 DSK_TEST_STALL_STEP=5 timeout $((deadline + 60)) \
   > "$work/stall.out" 2> "$work/stall.err"
 rc=$?
 if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "FAIL: stalled peer: exit $rc (0 = no error, 124 = hung)"; cat "$work/stall.err"; exit 1; fi
-grep -q "dsk: error: .* on communicator '.*' (rank [0-9] of 3, world rank [02]).*collective_timeout_s" "$work/stall.err" ||
+grep -q "dsk: error: all_to_all_v on communicator '.*' (rank [0-9] of 3, world rank [02]): no answer from rank 1 of .*collective_timeout_s" "$work/stall.err" ||
   { echo "FAIL: stalled peer: no deadline message:"; cat "$work/stall.err"; exit 1; }
 echo "stalled peer: exit $rc, $(grep -c 'dsk: error' "$work/stall.err") deadline line(s): $(grep -m1 'dsk: error' "$work/stall.err")"
 
