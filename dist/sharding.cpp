@@ -36,15 +36,18 @@ std::vector<int64_t> ExpertSharding::counts() const {
   return out;
 }
 
+std::string ExpertSharding::describe_shard(int shard) const {
+  const int64_t first = first_expert(shard), count = num_local(shard);
+  if (count == 0) return "no experts";
+  if (count == 1) return "expert " + std::to_string(first);
+  return "experts " + std::to_string(first) + "-" + std::to_string(first + count - 1);
+}
+
 std::string ExpertSharding::describe() const {
   std::string text;
   for (int s = 0; s < num_shards_; ++s) {
     if (s) text += "; ";
-    const int64_t first = first_expert(s), count = num_local(s);
-    text += "rank " + std::to_string(s) + ": ";
-    if (count == 0) text += "no experts";
-    else if (count == 1) text += "expert " + std::to_string(first);
-    else text += "experts " + std::to_string(first) + "-" + std::to_string(first + count - 1);
+    text += "rank " + std::to_string(s) + ": " + describe_shard(s);
   }
   return text;
 }

@@ -20,6 +20,8 @@ class ExpertSharding {
   int64_t num_local(int shard) const;
   // Experts per shard, in shard order.
   std::vector<int64_t> counts() const;
+  // "experts 0-3", "expert 4" or "no experts".
+  std::string describe_shard(int shard) const;
   // "rank 0: experts 0-3; rank 1: experts 4-7" (ranks of the expert group).
   std::string describe() const;
 

@@ -231,20 +231,16 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
   };
 
   MetricsLog metrics(leader ? options.out_dir : std::string());
-  std::vector<int64_t> owned = {model.first_local_expert(),
-                                model.first_local_expert() + static_cast<int64_t>(model.sharding().num_local(topology.expert_rank()))};
-  at::Tensor all_owned = world.all_gather(at::tensor(owned, at::kLong));
   if (leader && options.progress) {
     std::printf("dsk: world %d = %d expert-parallel x %d replica%s; %lld experts\n", world.size(),
                 topology.expert_parallel_size, topology.data_parallel_size, topology.data_parallel_size == 1 ? "" : "s",
                 static_cast<long long>(config.model().num_experts()));
+    // The placement follows from the layout (dist/topology.h): world rank r
+    // is expert rank r % E and holds that shard's experts.
     for (int r = 0; r < world.size(); ++r) {
-      const int64_t lo = all_owned[r][0].item<int64_t>(), hi = all_owned[r][1].item<int64_t>();
-      std::printf("dsk: rank %d (expert rank %d, replica %d) owns %s\n", r, r % topology.expert_parallel_size,
-                  r / topology.expert_parallel_size,
-                  hi == lo ? "no experts"
-                           : (hi - lo == 1 ? ("expert " + std::to_string(lo)).c_str()
-                                           : ("experts " + std::to_string(lo) + "-" + std::to_string(hi - 1)).c_str()));
+      const int expert_rank = r % topology.expert_parallel_size;
+      std::printf("dsk: rank %d (expert rank %d, replica %d) owns %s\n", r, expert_rank,
+                  r / topology.expert_parallel_size, model.sharding().describe_shard(expert_rank).c_str());
     }
     std::printf("dsk: %lld train / %lld test examples, %lld tasks, global batch %lld, %lld steps\n",
                 static_cast<long long>(data.train.size()), static_cast<long long>(data.test.size()),
