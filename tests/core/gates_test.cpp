@@ -556,7 +556,9 @@ TEST(GateInit, ShapesBoundsAndDeterminism) {
     EXPECT_TRUE(at::equal(nt.tensor, param(*b, nt.name)));
   }
   // Near-uniform start: every expert near 2^-m, nothing saturated.
-  GateOutput out = a->forward(at::randn({4, p}), false);
+  // A seeded input: LibTorch's default generator starts from a random seed.
+  at::Generator input_gen = make_generator(5, "test.gate_init.x");
+  GateOutput out = a->forward(at::randn({4, p}, input_gen), false);
   EXPECT_EQ(out.weights.scalar_type(), at::kFloat);
   EXPECT_TRUE(at::allclose(out.weights, at::full({T, 4, n}, 1.0 / 8), 0, 0.02));
 
