@@ -68,7 +68,7 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
   for (int64_t b = 0; b < batches; ++b) {
     const int64_t begin = std::min(count, b * eval_batch);
     const int64_t rows = std::min(count, begin + eval_batch) - begin;
-    at::Tensor x = test.inputs.narrow(0, first + begin, rows).to(device);
+    at::Tensor x = test.input_slice(first + begin, rows).to(device);
     at::Tensor y = test.targets.narrow(0, first + begin, rows).to(device);
     auto out = model.forward(x, /*training=*/false);
     totals.narrow(0, 0, num_tasks).add_(models::task_loss_sums(out.predictions, y, test.kind).to(at::kCPU, at::kDouble));
@@ -264,7 +264,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     }
     const int64_t cursor = (step - 1) * global_batch;
     at::Tensor rows = sampler.indices(cursor + slice_first, slice_rows);
-    at::Tensor x = data.train.inputs.index_select(0, rows).to(device);
+    at::Tensor x = data.train.input_rows(rows).to(device);
     at::Tensor y = data.train.targets.index_select(0, rows).to(device);
 
     adam.zero_grad();

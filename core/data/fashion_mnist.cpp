@@ -216,7 +216,7 @@ Dataset build_multi_fashion(const FashionMnistSplit& split, const at::Tensor& pa
   region.copy_(at::maximum(region, split.images.index_select(0, ib)));
 
   Dataset data;
-  data.inputs = canvas.to(at::kFloat).div_(255.0).unsqueeze(1);
+  data.inputs = canvas.unsqueeze(1).contiguous();  // uint8; scaled by Dataset::as_model_input
   data.targets = at::stack({split.labels.index_select(0, ia), split.labels.index_select(0, ib)}, 1);
   data.kind = TaskKind::kClassification;
   data.num_classes = kFashionClasses;

@@ -145,13 +145,19 @@ TEST(FashionMnist, LoadDataBuildsPairsFromTheirOwnSplit) {
   ASSERT_EQ(s.train.inputs.sizes(), (std::vector<int64_t>{300, 1, 36, 36}));
   ASSERT_EQ(s.test.inputs.sizes(), (std::vector<int64_t>{200, 1, 36, 36}));
   ASSERT_EQ(s.train.targets.sizes(), (std::vector<int64_t>{300, 2}));
-  EXPECT_EQ(s.train.inputs.scalar_type(), at::kFloat);
+  EXPECT_EQ(s.train.inputs.scalar_type(), at::kByte);  // bytes in memory
   EXPECT_EQ(s.train.targets.scalar_type(), at::kLong);
   EXPECT_EQ(s.train.kind, TaskKind::kClassification);
   EXPECT_EQ(s.train.num_classes, 10);
   EXPECT_EQ(s.train.num_tasks(), 2);
-  EXPECT_GE(s.train.inputs.min().item<float>(), 0.0f);
-  EXPECT_LE(s.train.inputs.max().item<float>(), 1.0f);
+  // The model sees float32 in [0, 1], exactly byte / 255.
+  at::Tensor model_input = s.train.input_slice(0, 300);
+  EXPECT_EQ(model_input.scalar_type(), at::kFloat);
+  EXPECT_GE(model_input.min().item<float>(), 0.0f);
+  EXPECT_LE(model_input.max().item<float>(), 1.0f);
+  EXPECT_TRUE(at::equal(model_input, s.train.inputs.to(at::kFloat) / 255.0));
+  at::Tensor some_rows = at::tensor(std::vector<int64_t>{7, 0, 299}, at::kLong);
+  EXPECT_TRUE(at::equal(s.train.input_rows(some_rows), model_input.index_select(0, some_rows)));
   // Train pairs are the train images, test pairs the test images.
   Dataset train = build_multi_fashion(real_split(true), multi_fashion_pairs(60000, 300, 11, true));
   Dataset test = build_multi_fashion(real_split(false), multi_fashion_pairs(10000, 200, 11, false));
@@ -185,7 +191,7 @@ TEST(MultiFashion, OverlayIsMaxOfShiftedItems) {
   at::Tensor pairs = multi_fashion_pairs(20, 20, 5, true);
   Dataset d = build_multi_fashion(split, pairs);
   ASSERT_EQ(d.inputs.sizes(), (std::vector<int64_t>{20, 1, 36, 36}));
-  at::Tensor pix = d.inputs.squeeze(1).mul(255.0).round().to(at::kLong);
+  at::Tensor pix = d.inputs.squeeze(1).to(at::kLong);
   for (int64_t k = 0; k < 20; ++k) {
     const int64_t ia = pairs[k][0].item<int64_t>();
     const int64_t ib = pairs[k][1].item<int64_t>();
