@@ -116,20 +116,21 @@ class MpiCommunicator final : public Communicator {
     std::vector<MPI_Request> requests;
     std::vector<int> peers;
     for (int r = 0; r < size_; ++r) {
-      if (r == rank_ || recv_counts[r] == 0) continue;
-      requests.emplace_back();
-      peers.push_back(r);
-      check(MPI_Irecv(recv_bytes + recv_displs[r] * element, recv_counts[r], type, r, kAllToAllTag, comm_,
-                      &requests.back()),
-            "all_to_all_v");
-    }
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_ || send_counts[r] == 0) continue;
-      requests.emplace_back();
-      peers.push_back(r);
-      check(MPI_Isend(send_bytes + send_displs[r] * element, send_counts[r], type, r, kAllToAllTag, comm_,
-                      &requests.back()),
-            "all_to_all_v");
+      if (r == rank_) continue;
+      if (recv_counts[r] > 0) {
+        requests.emplace_back();
+        peers.push_back(r);
+        check(MPI_Irecv(recv_bytes + recv_displs[r] * element, recv_counts[r], type, r, kAllToAllTag, comm_,
+                        &requests.back()),
+              "all_to_all_v");
+      }
+      if (send_counts[r] > 0) {
+        requests.emplace_back();
+        peers.push_back(r);
+        check(MPI_Isend(send_bytes + send_displs[r] * element, send_counts[r], type, r, kAllToAllTag, comm_,
+                        &requests.back()),
+              "all_to_all_v");
+      }
     }
     if (send_counts[rank_] != recv_counts[rank_]) {
       throw std::invalid_argument("all_to_all_v on '" + name_ + "': this rank sends itself " +
@@ -195,27 +196,14 @@ class MpiCommunicator final : public Communicator {
   // job at the deadline. Spins briefly first: most collectives here finish in
   // microseconds and a sleep would dominate them.
   void wait(MPI_Request& request, const char* op) const {
-    using clock = std::chrono::steady_clock;
-    const auto start = clock::now();
-    const auto deadline = start + std::chrono::duration_cast<clock::duration>(
-                                      std::chrono::duration<double>(timeout_s_));
-    for (int polls = 0;; ++polls) {
-      int done = 0;
-      check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op);
-      if (done) return;
-      if (polls > 2000) {
-        if (clock::now() > deadline) {
-          char limit[32];
-          std::snprintf(limit, sizeof(limit), "%g", timeout_s_);
-          fail(op, std::string("no answer from the peers within parallel.collective_timeout_s = ") + limit + " s");
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 500 : 20));
-      }
-    }
+    std::vector<MPI_Request> one = {request};
+    wait_all(one, {}, op);
+    request = one[0];
   }
 
-  // As wait(), for point-to-point requests; `peers[i]` is the other end of
-  // requests[i], named in the error when the deadline passes.
+  // As wait(), for several requests. With `peers` (the other end of each
+  // point-to-point request) the error names the ranks still pending; a
+  // collective cannot tell who is missing and says "the peers".
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, const char* op) const {
     using clock = std::chrono::steady_clock;
     const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
@@ -226,26 +214,32 @@ class MpiCommunicator final : public Communicator {
       if (done) return;
       if (polls > 2000) {
         if (clock::now() > deadline) {
-          std::vector<int> silent;
-          for (size_t i = 0; i < requests.size(); ++i) {
-            int finished = 0;
-            if (requests[i] != MPI_REQUEST_NULL) MPI_Test(&requests[i], &finished, MPI_STATUS_IGNORE);
-            if (requests[i] != MPI_REQUEST_NULL && !finished &&
-                std::find(silent.begin(), silent.end(), peers[i]) == silent.end()) {
-              silent.push_back(peers[i]);
-            }
-          }
-          std::sort(silent.begin(), silent.end());
-          std::string who;
-          for (int p : silent) who += (who.empty() ? "" : ", ") + std::to_string(p);
           char limit[32];
           std::snprintf(limit, sizeof(limit), "%g", timeout_s_);
-          fail(op, "no answer from rank" + std::string(silent.size() == 1 ? " " : "s ") + who + " of '" + name_ +
-                       "' within parallel.collective_timeout_s = " + limit + " s");
+          fail(op, "no answer from " + silent_peers(requests, peers) +
+                       " within parallel.collective_timeout_s = " + limit + " s");
         }
         std::this_thread::sleep_for(std::chrono::microseconds(polls > 20000 ? 500 : 20));
       }
     }
+  }
+
+  // "rank 1 of 'expert'", "ranks 1, 3 of 'expert'", or "the peers".
+  std::string silent_peers(std::vector<MPI_Request>& requests, const std::vector<int>& peers) const {
+    std::vector<int> silent;
+    for (size_t i = 0; i < peers.size(); ++i) {
+      int finished = 0;
+      if (requests[i] != MPI_REQUEST_NULL) MPI_Test(&requests[i], &finished, MPI_STATUS_IGNORE);
+      if (requests[i] != MPI_REQUEST_NULL && !finished &&
+          std::find(silent.begin(), silent.end(), peers[i]) == silent.end()) {
+        silent.push_back(peers[i]);
+      }
+    }
+    if (silent.empty()) return "the peers";
+    std::sort(silent.begin(), silent.end());
+    std::string who;
+    for (int p : silent) who += (who.empty() ? "" : ", ") + std::to_string(p);
+    return "rank" + std::string(silent.size() == 1 ? " " : "s ") + who + " of '" + name_ + "'";
   }
 
   [[noreturn]] void fail(const char* op, const std::string& why) const {
