@@ -89,6 +89,27 @@ int64_t rows_per_block(int64_t k, int64_t n) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, k * n));
 }
 
+// Where each chain level lives in a row's scratch, and how rows are
+// blocked: shared by the forward and the backward so they walk alike.
+struct ChainLayout {
+  std::vector<int64_t> width;   // chain_widths
+  std::vector<int64_t> offset;  // start of level j in the scratch
+  int64_t scratch = 0;          // scratch entries per row and selector
+  int64_t block = 1;            // rows per block
+  int64_t blocks = 0;
+};
+
+ChainLayout chain_layout(int64_t n, int64_t m, int64_t k, int64_t rows) {
+  ChainLayout layout;
+  layout.width = chain_widths(n, m);
+  layout.offset.assign(m, 0);
+  for (int64_t j = 1; j < m; ++j) layout.offset[j] = layout.offset[j - 1] + layout.width[j - 1];
+  layout.scratch = m > 0 ? layout.offset[m - 1] + layout.width[m - 1] : 0;
+  layout.block = rows_per_block(k, n);
+  layout.blocks = (rows + layout.block - 1) / layout.block;
+  return layout;
+}
+
 // sum_{i < count} term(i) in the accumulation type, in 8 independent lanes
 // (a single serial sum is bound by the add latency, not by the data).
 template <typename T, typename F>
@@ -170,14 +191,14 @@ std::vector<at::Tensor> selectors_forward(const at::Tensor& s_in, const at::Tens
   at::Tensor entropy = at::empty({L, k}, s.options());
   const bool need_reach = !is_power_of_two(n);
   at::Tensor reach = need_reach ? at::empty({L, k}, s.options()) : at::zeros({L, k}, s.options());
-  const std::vector<int64_t> w = chain_widths(n, m);
-  std::vector<int64_t> off(m, 0);
-  for (int64_t j = 1; j < m; ++j) off[j] = off[j - 1] + w[j - 1];
-  const int64_t block = rows_per_block(k, n);
-  const int64_t blocks = (L + block - 1) / block;
+  const ChainLayout layout = chain_layout(n, m, k, L);
+  const std::vector<int64_t>& w = layout.width;
+  const std::vector<int64_t>& off = layout.offset;
+  const int64_t block = layout.block;
+  const int64_t blocks = layout.blocks;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "dselect_k_selectors_forward", [&] {
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> levels(off[m - 1] + w[m - 1]);
+      std::vector<scalar_t> levels(layout.scratch);
       at::Tensor logs;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * block, r1 = std::min(L, r0 + block);
@@ -276,17 +297,17 @@ std::vector<at::Tensor> selectors_backward(const at::Tensor& s, const at::Tensor
   auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
   const at::Tensor gsel = dense(gsel_in), gq = dense(gq_in), gent = dense(gent_in),
                    greach = dense(greach_in);
-  const std::vector<int64_t> w = chain_widths(n, m);
-  std::vector<int64_t> off(m, 0);
-  for (int64_t j = 1; j < m; ++j) off[j] = off[j - 1] + w[j - 1];
-  const int64_t block = rows_per_block(k, n);
-  const int64_t blocks = (L + block - 1) / block;
+  const ChainLayout layout = chain_layout(n, m, k, L);
+  const std::vector<int64_t>& w = layout.width;
+  const std::vector<int64_t>& off = layout.offset;
+  const int64_t block = layout.block;
+  const int64_t blocks = layout.blocks;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "dselect_k_selectors_backward", [&] {
     auto ptr = [](const at::Tensor& t) -> const scalar_t* {
       return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
     };
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> levels(off[m - 1] + w[m - 1]), g(n), ga(n), gb(n);
+      std::vector<scalar_t> levels(layout.scratch), g(n), ga(n), gb(n);
       at::Tensor logs;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * block, r1 = std::min(L, r0 + block);
