@@ -6,6 +6,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "core/host_values.h"
 #include "core/routing.h"
 
 namespace dsk::dist {
@@ -14,10 +15,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::vector<int64_t> to_vector(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 // Rows go out with send_rows and come back with recv_rows; the gradient takes
 // the opposite route, so backward is the same exchange with the counts swapped.
@@ -124,15 +121,15 @@ at::Tensor Dispatcher::forward(const at::Tensor& x, const at::Tensor& weights, c
 
   std::vector<int64_t> send_rows(world);
   {
-    const std::vector<int64_t> per_expert = to_vector(plan.rows_per_expert);
+    const std::vector<int64_t> per_expert = core::host_values<int64_t>(plan.rows_per_expert);
     for (int r = 0; r < world; ++r) {
       const int64_t first = sharding_.first_expert(r);
       send_rows[r] = std::accumulate(per_expert.begin() + first,
                                      per_expert.begin() + first + experts_per_rank[r], int64_t{0});
     }
   }
-  const std::vector<int64_t> recv_rows = to_vector(recv_counts.sum(1));
-  const std::vector<int64_t> rows_per_local_expert = to_vector(recv_counts.sum(0));
+  const std::vector<int64_t> recv_rows = core::host_values<int64_t>(recv_counts.sum(1));
+  const std::vector<int64_t> rows_per_local_expert = core::host_values<int64_t>(recv_counts.sum(0));
   verify_counts(send_rows, recv_rows);
 
   // Capacity counts the expert group's examples, so with D = 1 it is the

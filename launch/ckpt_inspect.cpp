@@ -6,6 +6,7 @@
 
 #include "core/checkpoint/checkpoint.h"
 #include "core/error.h"
+#include "core/host_values.h"
 
 namespace dsk::launch {
 
@@ -27,9 +28,7 @@ int run_ckpt(int argc, char** argv) {
                 manifest.config().model().num_experts());
     uint64_t total = 0;
     for (const auto& t : manifest.tensors()) {
-      std::string shape = "[";
-      for (int i = 0; i < t.shape_size(); ++i) shape += (i ? ", " : "") + std::to_string(t.shape(i));
-      shape += "]";
+      const std::string shape = core::shape_text(t.shape());
       std::printf("  %-48s %-4s %-18s %10llu bytes  %s\n", t.name().c_str(), t.dtype().c_str(), shape.c_str(),
                   static_cast<unsigned long long>(t.bytes()), t.file().c_str());
       total += t.bytes();

@@ -10,6 +10,7 @@
 #include "dist/agreement.h"
 #include "dist/dist_checkpoint.h"
 #include "core/gates/gate_stats.h"
+#include "core/host_values.h"
 #include "dist/grad_sync.h"
 #include "dist/topology.h"
 #include "launch/metrics.h"
@@ -20,15 +21,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<double> to_doubles(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kCPU, at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-std::vector<int64_t> to_longs(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 std::string format_duration(double seconds) {
   char text[32];
@@ -80,7 +72,7 @@ EvalResult evaluate(models::MmoeModel& model, const core::Dataset& test, int64_t
   world.all_reduce(totals, dist::ReduceOp::kSum);
   EvalResult result;
   result.examples = test.size();
-  const std::vector<double> sums = to_doubles(totals);
+  const std::vector<double> sums = core::host_values<double>(totals);
   for (int64_t t = 0; t < num_tasks; ++t) {
     result.task_losses.push_back(sums[t] / static_cast<double>(test.size()));
     if (test.kind == core::TaskKind::kClassification) {
@@ -117,7 +109,7 @@ RoutingSummary summarize_routing(const models::MmoeModel::Output& out, int64_t l
       at::tensor({static_cast<double>(out.dispatch.dropped_rows)}, at::kDouble)});
   world.all_reduce(packet, dist::ReduceOp::kSum);
   RoutingSummary summary;
-  const std::vector<double> v = to_doubles(packet);
+  const std::vector<double> v = core::host_values<double>(packet);
   const double gb = static_cast<double>(global_batch);
   for (int64_t t = 0; t < tasks; ++t) {
     summary.nonzero_experts.push_back(v[t] / gb);
@@ -282,7 +274,7 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
     at::Tensor summary = at::cat({task_sums.detach().to(at::kCPU, at::kDouble),
                                   reg.detach().to(at::kCPU, at::kDouble).reshape({1}), at::tensor({stop_flag}, at::kDouble)});
     world.all_reduce(summary, dist::ReduceOp::kSum);
-    const std::vector<double> s = to_doubles(summary);
+    const std::vector<double> s = core::host_values<double>(summary);
     std::vector<double> task_losses(s.begin(), s.begin() + num_tasks);
     double total = s[num_tasks];
     for (double& v : task_losses) {
@@ -305,8 +297,8 @@ TrainResult train(const proto::Config& config, const core::DataSplits& data, dis
       last_log = now;
       last_log_step = step;
       if (leader) {
-        const std::vector<int64_t> sent = to_longs(routed.select(1, 0));
-        const std::vector<int64_t> received = to_longs(routed.select(1, 1));
+        const std::vector<int64_t> sent = core::host_values<int64_t>(routed.select(1, 0));
+        const std::vector<int64_t> received = core::host_values<int64_t>(routed.select(1, 1));
         if (options.progress) {
           std::printf("step %lld/%lld  loss %.4f  tasks %s  %.0f ex/s  rows sent/rank %s  ETA %s\n",
                       static_cast<long long>(step), static_cast<long long>(tc.steps()), total,

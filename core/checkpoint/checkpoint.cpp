@@ -17,6 +17,7 @@
 
 #include "core/checkpoint/safetensors.h"
 #include "core/error.h"
+#include "core/host_values.h"
 
 namespace dsk::core {
 namespace {
@@ -34,12 +35,6 @@ std::string read_text(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
-}
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
 }
 
 // One open file per shard while loading: each tensor is a seek away.

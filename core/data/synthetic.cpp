@@ -1,3 +1,4 @@
+#include "core/host_values.h"
 #include "core/data/synthetic.h"
 
 #include <cmath>
@@ -103,8 +104,7 @@ DataSplits make_synthetic(const proto::SyntheticConfig& config, uint64_t seed) {
   DataSplits splits;
   splits.train = draw_split(config, seed, f, config.train_size(), "train");
   splits.test = draw_split(config, seed, f, config.test_size(), "test");
-  std::vector<int64_t> task_cluster(cluster.data_ptr<int64_t>(),
-                                    cluster.data_ptr<int64_t>() + cluster.numel());
+  const std::vector<int64_t> task_cluster = host_values<int64_t>(cluster);
   splits.train.task_cluster = task_cluster;
   splits.test.task_cluster = task_cluster;
   return splits;
